@@ -1,0 +1,184 @@
+"""The local sinks of the training loop: console, progress bar, samples, checkpoints, files.
+
+Each is a small ``Callback``; a run picks the ones it needs (distributed workers other than
+rank 0 pick none of the file writers).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dcgan.checkpoint import save_state, save_torch
+from dcgan.samples import generate, save_grid
+from dcgan.stats import STATS_FILE
+from dcgan.trainer import Callback, Outcome, Trainer
+
+GENERATOR_FINAL = "dcgan_generator_final.pth"
+DISCRIMINATOR_FINAL = "dcgan_discriminator_final.pth"
+FINAL_SAMPLES = "dcgan_final_samples.png"
+
+
+def log_line(row: dict, batches_per_epoch: int) -> str:
+    """The seed's progress line."""
+    return (f"[Epoch {row['epoch']}] [Batch {row['batch']}/{batches_per_epoch}] "
+            f"[D: {row['d_loss']:.4f}] [G: {row['g_loss']:.4f}] "
+            f"[Real Acc: {100 * row['d_real_acc']:.2f}%] [Fake Acc: {100 * row['d_fake_acc']:.2f}%]")
+
+
+def _state_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+class ConsoleLogger(Callback):
+    """The seed's log line every ``log_every`` batches, plus start, epoch and end summaries."""
+
+    def __init__(self, write: Callable[[str], None] = print):
+        self.write = write
+        self._epoch_t0 = time.perf_counter()
+        self._epoch_step0 = 0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        cfg = trainer.cfg
+        n = trainer.sampler.images.shape[0]
+        where = f"resuming at step {trainer.step}" if trainer.step else "starting"
+        self.write(f"Training on {trainer.device} ({cfg.precision}), {where}: {n} images, "
+                   f"batch {cfg.batch_size}, {trainer.batches_per_epoch} batches/epoch, "
+                   f"{trainer.total_steps} steps in all")
+        self._epoch_t0, self._epoch_step0 = time.perf_counter(), trainer.step
+
+    def on_rows(self, trainer: Trainer, rows: list[dict]) -> None:
+        for row in rows:
+            if row["batch"] % trainer.cfg.log_every == 0:
+                self.write(log_line(row, trainer.batches_per_epoch))
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        seconds = time.perf_counter() - self._epoch_t0
+        images = (trainer.step - self._epoch_step0) * trainer.cfg.batch_size
+        last = trainer.stats.last(trainer.batches_per_epoch)
+        d = sum(last["d_loss"]) / max(len(last["d_loss"]), 1)
+        g = sum(last["g_loss"]) / max(len(last["g_loss"]), 1)
+        self.write(f"[Epoch {trainer.epoch}] done in {seconds:.1f}s "
+                   f"({images / max(seconds, 1e-9):.0f} img/s), mean D: {d:.4f}, mean G: {g:.4f}")
+        self._epoch_t0, self._epoch_step0 = time.perf_counter(), trainer.step
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
+        if outcome is Outcome.COMPLETED:
+            self.write(f"Training finished: {trainer.step} steps in {trainer.elapsed():.1f}s")
+
+
+class ProgressBar(Callback):
+    """A tqdm bar with ETA and images/s, on interactive terminals only."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        b = trainer.cfg.batch_size
+        self.bar = tqdm(total=trainer.total_steps * b, initial=trainer.step * b, unit="img",
+                        unit_scale=True, dynamic_ncols=True, leave=False, file=sys.stderr)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.update(trainer.cfg.batch_size)
+            if trainer.batch % 10 == 0:
+                self.bar.set_description(f"epoch {trainer.epoch}", refresh=False)
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def writer(self, fallback: Callable[[str], None] = print) -> Callable[[str], None]:
+        """A print function that keeps the bar intact."""
+
+        def write(line: str) -> None:
+            if self.bar is not None:
+                self.bar.write(line)
+            else:
+                fallback(line)
+
+        return write
+
+
+class SampleWriter(Callback):
+    """``dcgan_samples_epoch_{E}_batch_{B}.png`` from the fixed noise every ``every`` batches."""
+
+    def __init__(self, run_dir: Path, every: int):
+        self.run_dir, self.every = Path(run_dir), every
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.every and trainer.batch % self.every == 0:
+            images = generate(trainer.generator, trainer.fixed_noise)
+            save_grid(images, self.run_dir /
+                      f"dcgan_samples_epoch_{trainer.epoch}_batch_{trainer.batch}.png")
+
+
+class Checkpointer(Callback):
+    """Full-state checkpoints (every ``checkpoint_every`` epochs, every
+    ``checkpoint_every_steps`` steps, and when training stops) plus the seed's per-epoch
+    weight files. The stats file is rewritten with every full state so the two agree."""
+
+    def __init__(self, run_dir: Path, write: Callable[[str], None] = print):
+        self.run_dir = Path(run_dir)
+        self.write = write
+        self.last_path: Path | None = None
+        self._saved_step = -1
+
+    def save(self, trainer: Trainer) -> Path:
+        if self._saved_step == trainer.step and self.last_path is not None:
+            return self.last_path
+        state = trainer.state_dict()
+        self.last_path = save_state(self.run_dir, state)
+        trainer.stats.write_parquet(self.run_dir / STATS_FILE)
+        self._saved_step = trainer.step
+        return self.last_path
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        every = trainer.cfg.checkpoint_every_steps
+        if every and trainer.step % every == 0:
+            self.save(trainer)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        every = trainer.cfg.checkpoint_every
+        done = trainer.step // trainer.batches_per_epoch  # epochs completed
+        if every and done % every == 0:
+            save_torch(_state_cpu(trainer.generator),
+                       self.run_dir / f"dcgan_generator_epoch_{done}.pth")
+            save_torch(_state_cpu(trainer.discriminator),
+                       self.run_dir / f"dcgan_discriminator_epoch_{done}.pth")
+            path = self.save(trainer)
+            self.write(f"Checkpoint after epoch {done}: {path.relative_to(self.run_dir)}")
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
+        if outcome is Outcome.DIVERGED:
+            # Keep the last good checkpoint; record the stats that show the divergence.
+            trainer.stats.write_parquet(self.run_dir / STATS_FILE)
+            return
+        path = self.save(trainer)
+        if outcome is Outcome.INTERRUPTED:
+            self.write(f"Stopped ({trainer.stop_requested}) at step {trainer.step}; state saved "
+                       f"to {path}. Resume with: dcgan train --out {self.run_dir} --resume")
+
+
+class FinalArtifacts(Callback):
+    """The seed's end products, when training completes: final weights and 64 samples."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
+        if outcome is not Outcome.COMPLETED:
+            return
+        save_torch(_state_cpu(trainer.generator), self.run_dir / GENERATOR_FINAL)
+        save_torch(_state_cpu(trainer.discriminator), self.run_dir / DISCRIMINATOR_FINAL)
+        save_grid(generate(trainer.generator, trainer.fixed_noise), self.run_dir / FINAL_SAMPLES)

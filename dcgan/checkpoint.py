@@ -1,0 +1,103 @@
+"""Checkpoints: the seed's weight files and one full-state file per save, written atomically.
+
+A full-state checkpoint holds everything a bit-exact resume needs: both models, both
+optimizers (and the fp16 grad scaler), the step (which fixes the epoch and the position in
+the epoch's data order), every RNG state, the fixed sampling noise, the config and the stats
+rows so far. Checkpoints are untrusted input: they are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcgan.errors import CheckpointError
+from dcgan.io import atomic_write_bytes
+
+FORMAT = "dcgan-train-state"
+VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+KEEP_LATEST = 2  # the newest full state and one fallback, should the newest be unreadable
+_STATE_RE = re.compile(r"^state_step_(\d+)\.pt$")
+REQUIRED_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "step", "rng", "fixed_noise",
+                 "config", "stats", "elapsed")
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temporary file and a rename (never a truncated file)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
+
+
+def load_torch(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line error naming the file."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # pickle, zip and torch errors all mean "unusable file"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({first[:200]})") from None
+
+
+def state_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"state_step_{step:08d}.pt"
+
+
+def list_states(run_dir: str | Path) -> list[Path]:
+    """Full-state checkpoints in ``run_dir``, newest (highest step) first."""
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STATE_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_state(run_dir: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` as the newest full-state checkpoint and prune old ones."""
+    path = state_path(run_dir, state["step"])
+    save_torch({"format": FORMAT, "version": VERSION, **state}, path)
+    for old in list_states(run_dir)[KEEP_LATEST:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Load and sanity-check one full-state checkpoint."""
+    state = load_torch(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a dcgan full-state checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {state.get('version')}, "
+                              f"this dcgan reads version {VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)})")
+    return state
+
+
+def load_latest_state(run_dir: str | Path, warn=print) -> tuple[Path, dict[str, Any]]:
+    """The newest readable full state. An unreadable newer one is reported and skipped: the
+    previous checkpoint (kept for this purpose) is used instead."""
+    paths = list_states(run_dir)
+    if not paths:
+        raise CheckpointError(f"nothing to resume: no checkpoint in {Path(run_dir) / CHECKPOINT_DIR}"
+                              " (start the run without --resume)")
+    errors = []
+    for path in paths:
+        try:
+            state = load_state(path)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        for err in errors:
+            warn(f"warning: {err}; resuming from the previous checkpoint {path.name}")
+        return path, state
+    raise CheckpointError(errors[0] + (f" (and {len(errors) - 1} older checkpoint(s) too)"
+                                       if len(errors) > 1 else ""))

@@ -1,0 +1,183 @@
+"""Typed training configuration: the seed's defaults, YAML files, ``key=value`` overrides.
+
+Every key is validated here, once, so that the trainer can trust its config. Errors name the
+key and the rule (``ConfigError``), and the CLI turns them into exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcgan.errors import ConfigError
+
+DATA_DIR_ENV = "DCGAN_DATA_DIR"
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def _default_data_dir() -> str:
+    # The environment replaces the default only; an explicit config value still wins.
+    return os.environ.get(DATA_DIR_ENV) or "./data"
+
+
+@dataclass
+class TrainConfig:
+    # Optimisation (the seed: DCGAN paper values).
+    epochs: int = 30  # full passes over the training set
+    batch_size: int = 64  # images per step (per worker in distributed mode)
+    g_lr: float = 2e-4  # generator Adam learning rate
+    d_lr: float = 2e-4  # discriminator Adam learning rate
+    beta1: float = 0.5  # Adam beta1; 0.5 is steadier than 0.9 for GANs
+    beta2: float = 0.999  # Adam beta2
+    # Model.
+    latent_dim: int = 100  # size of the noise vector z
+    label_smoothing: float = 0.1  # real target 1-s, fake target s
+    dropout: float = 0.3  # dropout after each discriminator block
+    # Side effects, counted in steps (batches) or epochs.
+    sample_every: int = 100  # sample grid every N batches of an epoch (0 = off)
+    checkpoint_every: int = 10  # weights + full state every N epochs (0 = off)
+    checkpoint_every_steps: int = 0  # full state every N steps (0 = off)
+    log_every: int = 100  # the seed's log line every N batches
+    # Run.
+    seed: int = 42  # seeds weights, noise, dropout and the data order
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    data_dir: str = field(default_factory=_default_data_dir)  # holds MNIST/raw
+    train_subset: int = 0  # use the first N training images (0 = all 60,000)
+    max_steps: int = 0  # stop after N steps in all (0 = no cap)
+    precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + grad scaler, GPU only)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(key, f"{rule} (got {value!r})")
+
+
+def _check_type(key: str, want: type, value: Any) -> None:
+    if want is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        _require(ok, key, "must be a finite number", value)
+    elif want is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, "must be an integer",
+                 value)
+    else:
+        _require(isinstance(value, str), key, "must be a string", value)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value against its rule; raise ConfigError naming the first bad key."""
+    for name, f in _FIELDS.items():
+        _check_type(name, _TYPES[f.type], getattr(cfg, name))
+    for key in ("g_lr", "d_lr"):
+        _require(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
+    for key in ("beta1", "beta2"):
+        _require(0 <= getattr(cfg, key) < 1, key, "must be in [0, 1)", getattr(cfg, key))
+    for key in ("epochs", "batch_size", "latent_dim", "log_every"):
+        _require(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
+    for key in ("sample_every", "checkpoint_every", "checkpoint_every_steps", "train_subset",
+                "max_steps", "seed"):
+        _require(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
+    _require(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)",
+             cfg.label_smoothing)
+    _require(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)", cfg.dropout)
+    _require(bool(_DEVICE_RE.match(cfg.device)), "device",
+             "must be one of auto, cpu, cuda, cuda:N", cfg.device)
+    _require(cfg.precision in PRECISIONS, "precision", "must be one of fp32, bf16, fp16",
+             cfg.precision)
+    _require(bool(cfg.data_dir.strip()), "data_dir", "must not be empty", cfg.data_dir)
+
+
+def _coerce(key: str, raw: Any) -> Any:
+    """Turn a YAML or command-line value into the key's type, refusing lossy conversions."""
+    want = _TYPES[_FIELDS[key].type]
+    kind = {int: "an integer", float: "a finite number", str: "a string"}[want]
+    if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
+        raise ConfigError(key, f"must be {kind} (got {raw!r})")
+    try:
+        if want is int:
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError
+                return int(raw)
+            return int(str(raw).strip())
+        if want is float:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be {kind} (got {raw!r})") from None
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown key (known keys: {', '.join(_FIELDS)})")
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["g_lr=1e-4", "epochs=5"]`` -> ``{"g_lr": "1e-4", "epochs": "5"}`` (typed later)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(pair, "an override must look like key=value")
+        if key not in _FIELDS:
+            raise ConfigError(key, f"unknown key (known keys: {', '.join(_FIELDS)})")
+        out[key] = value.strip()
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError("--config", f"{path} is not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping of key: value")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < ``base`` (a saved run config) < YAML file < ``--set`` overrides."""
+    values: dict[str, Any] = dict(base or {})
+    if path is not None:
+        values.update(read_yaml(path))
+    values.update(parse_overrides(overrides or []))
+    return from_dict(values)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    from dcgan.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,77 @@
+"""Per-iteration training statistics: one row per step, kept as columns, saved as Parquet.
+
+Metrics stay on the device until ``flush``; one transfer then serves many steps, so the
+training loop never waits for the device just to record a number.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dcgan.io import atomic_write_bytes
+from dcgan.step import METRICS
+
+STATS_FILE = "dcgan_training_stats.parquet"
+COLUMNS = ("step", "epoch", "batch", *METRICS, "time")
+_INT_COLUMNS = ("step", "epoch", "batch")
+
+
+class TrainingStats:
+    def __init__(self) -> None:
+        self.columns: dict[str, list] = {c: [] for c in COLUMNS}
+        self._pending: list[tuple[int, int, int, float, torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.columns["step"])
+
+    def record(self, step: int, epoch: int, batch: int, elapsed: float,
+               metrics: torch.Tensor) -> None:
+        self._pending.append((step, epoch, batch, elapsed, metrics))
+
+    def flush(self) -> list[dict]:
+        """Move pending rows to the host (one device sync) and return them as dicts."""
+        if not self._pending:
+            return []
+        values = torch.stack([p[4] for p in self._pending]).cpu().tolist()
+        rows = []
+        for (step, epoch, batch, elapsed, _), vals in zip(self._pending, values, strict=True):
+            row = {"step": step, "epoch": epoch, "batch": batch,
+                   **dict(zip(METRICS, vals, strict=True)), "time": elapsed}
+            for c in COLUMNS:
+                self.columns[c].append(row[c])
+            rows.append(row)
+        self._pending.clear()
+        return rows
+
+    def last(self, n: int) -> dict[str, list]:
+        return {c: v[-n:] for c, v in self.columns.items()}
+
+    # Checkpoint form: tensors only, so that weights_only loading accepts it.
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        assert not self._pending, "flush() before saving"
+        return {c: torch.tensor(v, dtype=torch.int64 if c in _INT_COLUMNS else torch.float64)
+                for c, v in self.columns.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.columns = {c: state[c].tolist() for c in COLUMNS}
+        self._pending.clear()
+
+    def to_table(self) -> pa.Table:
+        types = {c: pa.int64() if c in _INT_COLUMNS else pa.float64() for c in COLUMNS}
+        for m in METRICS:
+            types[m] = pa.float32()
+        return pa.table({c: pa.array(self.columns[c], type=types[c]) for c in COLUMNS})
+
+    def write_parquet(self, path: str | Path) -> None:
+        buf = io.BytesIO()
+        pq.write_table(self.to_table(), buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+def read_stats(path: str | Path) -> dict[str, list]:
+    return pq.read_table(path).to_pydict()

@@ -1,0 +1,223 @@
+"""The training loop: one implementation for every mode.
+
+``Trainer`` owns the models, optimizers, data order, RNGs and stats; it knows nothing of
+files, consoles, Ray or Prometheus. Everything a step causes outside the loop (log lines,
+sample images, checkpoints, metrics) is a ``Callback``. Distributed mode injects
+``rank``/``world_size`` and a ``wrap_model`` function (DDP) instead of copying the loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dcgan.config import TrainConfig
+from dcgan.data import BatchSampler
+from dcgan.errors import CheckpointError, NonFiniteLossError
+from dcgan.models import build_models
+from dcgan.stats import TrainingStats
+from dcgan.step import GANParts, StepFn, gan_step
+
+FIXED_NOISE_SIZE = 64  # the seed's 8x8 sample grid
+# Changing these on resume would change what a step means (data order, shapes, noise).
+RESUME_LOCKED_KEYS = ("batch_size", "latent_dim", "seed", "train_subset")
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"  # every epoch done, or max_steps reached
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: state saved, resumable
+    DIVERGED = "diverged"  # a non-finite loss: nothing saved past the last good checkpoint
+
+
+class Callback:
+    """Observer of the loop. Override what you need; every hook is optional."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_rows(self, trainer: Trainer, rows: list[dict]) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None: ...
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A stable 63-bit seed for one purpose (and rank), independent of PYTHONHASHSEED."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def make_optimizer(params, lr: float, cfg: TrainConfig, device: torch.device):
+    # Fused Adam is one kernel per step on GPUs; on CPUs the foreach path is as fast.
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), **fast)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device, *,
+                 callbacks: Sequence[Callback] = (), rank: int = 0, world_size: int = 1,
+                 wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+                 step_fn: StepFn = gan_step):
+        self.cfg = cfg
+        self.device = device
+        self.rank, self.world_size = rank, world_size
+        self.callbacks = list(callbacks)
+        self.step_fn = step_fn
+
+        torch.manual_seed(derive_seed(cfg.seed, "init"))  # same weights on every rank
+        g, d = build_models(cfg.latent_dim, cfg.dropout)
+        fmt = torch.channels_last  # faster convs on CPUs (AMX/oneDNN) and tensor cores
+        self.generator = g.to(device, memory_format=fmt)
+        self.discriminator = d.to(device, memory_format=fmt)
+        wrap = wrap_model or (lambda m: m)
+        self.opt_g = make_optimizer(self.generator.parameters(), cfg.g_lr, cfg, device)
+        self.opt_d = make_optimizer(self.discriminator.parameters(), cfg.d_lr, cfg, device)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self.parts = GANParts(
+            generator=wrap(self.generator), discriminator=wrap(self.discriminator),
+            d_for_g=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
+            label_smoothing=cfg.label_smoothing, precision=cfg.precision,
+            device_type=device.type, scaler=self.scaler)
+
+        images = images.to(device).contiguous(memory_format=fmt)
+        self.sampler = BatchSampler(images, cfg.batch_size, cfg.seed, rank, world_size)
+        self.batches_per_epoch = self.sampler.batches_per_epoch
+        total = cfg.epochs * self.batches_per_epoch
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+
+        fixed = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
+        self.fixed_noise = torch.randn(FIXED_NOISE_SIZE, cfg.latent_dim, generator=fixed).to(device)
+        self.noise_gen = torch.Generator(device=device)
+        self.noise_gen.manual_seed(derive_seed(cfg.seed, "noise", rank))  # differs per rank
+        torch.manual_seed(derive_seed(cfg.seed, "dropout", rank))  # global RNG: dropout
+
+        self.step = 0  # completed steps; the next step's index
+        self.epoch = 0  # epoch of the last completed step
+        self.batch = -1  # batch index (in its epoch) of the last completed step
+        self.stats = TrainingStats()
+        self.stop_requested: str | None = None  # set by a signal handler
+        self._elapsed_before = 0.0
+        self._t0 = time.perf_counter()
+
+    # -- time and stats ---------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Seconds of training in this run, across resumes."""
+        return self._elapsed_before + time.perf_counter() - self._t0
+
+    def flush(self) -> list[dict]:
+        """Bring pending stats to the host, hand them to callbacks, stop on a non-finite loss."""
+        rows = self.stats.flush()
+        if not rows:
+            return rows
+        for cb in self.callbacks:
+            cb.on_rows(self, rows)
+        for row in rows:
+            if not (math.isfinite(row["d_loss"]) and math.isfinite(row["g_loss"])):
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {row['step']} (epoch {row['epoch']}, batch "
+                    f"{row['batch']}): d_loss={row['d_loss']}, g_loss={row['g_loss']}")
+        return rows
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> Outcome:
+        cfg, bpe = self.cfg, self.batches_per_epoch
+        self._t0 = time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        outcome = Outcome.COMPLETED
+        try:
+            while self.step < self.total_steps and not self.stop_requested:
+                epoch, start = divmod(self.step, bpe)
+                for batch, real in enumerate(self.sampler.epoch(epoch, start), start):
+                    z = torch.randn(real.shape[0], cfg.latent_dim, device=self.device,
+                                    generator=self.noise_gen)
+                    metrics = self.step_fn(self.parts, real, z)
+                    self.stats.record(self.step, epoch, batch, self.elapsed(), metrics)
+                    self.step, self.epoch, self.batch = self.step + 1, epoch, batch
+                    if batch % cfg.log_every == 0 or batch == bpe - 1:
+                        self.flush()
+                    for cb in self.callbacks:
+                        cb.on_step_end(self)
+                    if self.stop_requested or self.step >= self.total_steps:
+                        break
+                if self.batch == bpe - 1 and self.step % bpe == 0:
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(self)
+            self.flush()
+            if self.step < self.total_steps:
+                outcome = Outcome.INTERRUPTED
+        except NonFiniteLossError:
+            self._finish(Outcome.DIVERGED)
+            raise
+        self._finish(outcome)
+        return outcome
+
+    def _finish(self, outcome: Outcome) -> None:
+        for cb in self.callbacks:
+            cb.on_train_end(self, outcome)
+
+    # -- checkpoint state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        self.flush()
+        cuda_rng = (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                    else None)
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "step": self.step,
+            "epoch": self.step // self.batches_per_epoch,
+            "batch_in_epoch": self.step % self.batches_per_epoch,
+            "rng": {"device_type": self.device.type, "torch": torch.get_rng_state(),
+                    "cuda": cuda_rng, "noise": self.noise_gen.get_state()},
+            "fixed_noise": self.fixed_noise.cpu(),
+            "config": self.cfg.to_dict(),
+            "stats": self.stats.state_dict(),
+            "elapsed": self.elapsed(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        saved = state["config"]
+        for key in RESUME_LOCKED_KEYS:
+            if saved.get(key) != getattr(self.cfg, key):
+                raise CheckpointError(f"{source} was trained with {key}={saved.get(key)!r}; "
+                                      f"it cannot be resumed with {key}={getattr(self.cfg, key)!r}")
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.fixed_noise = state["fixed_noise"].to(self.device)
+            self.stats.load_state_dict(state["stats"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{source} does not match this model: {first[:200]}") from None
+        # The config may change learning rates on resume; the optimizer state must not win.
+        for opt, lr in ((self.opt_g, self.cfg.g_lr), (self.opt_d, self.cfg.d_lr)):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, (self.cfg.beta1, self.cfg.beta2)
+        self.step = int(state["step"])
+        self.epoch, self.batch = divmod(self.step - 1, self.batches_per_epoch)
+        self._elapsed_before = float(state["elapsed"])
+        rng = state["rng"]
+        if rng.get("device_type") == self.device.type:
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            self.noise_gen.set_state(rng["noise"])
+        else:  # a CPU checkpoint resumed on a GPU (or back): deterministic, not bit-exact
+            torch.manual_seed(derive_seed(self.cfg.seed, "dropout", self.rank, self.step))
+            self.noise_gen.manual_seed(derive_seed(self.cfg.seed, "noise", self.rank, self.step))

@@ -27,7 +27,8 @@ def log_line(row: dict, batches_per_epoch: int) -> str:
     """The seed's progress line."""
     return (f"[Epoch {row['epoch']}] [Batch {row['batch']}/{batches_per_epoch}] "
             f"[D: {row['d_loss']:.4f}] [G: {row['g_loss']:.4f}] "
-            f"[Real Acc: {100 * row['d_real_acc']:.2f}%] [Fake Acc: {100 * row['d_fake_acc']:.2f}%]")
+            f"[Real Acc: {100 * row['d_real_acc']:.2f}%] "
+            f"[Fake Acc: {100 * row['d_fake_acc']:.2f}%]")
 
 
 def _state_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:

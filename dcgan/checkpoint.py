@@ -43,7 +43,8 @@ def load_torch(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # pickle, zip and torch errors all mean "unusable file"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({first[:200]})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({first[:200]})") from None
 
 
 def state_path(run_dir: str | Path, step: int) -> Path:
@@ -65,6 +66,8 @@ def save_state(run_dir: str | Path, state: dict[str, Any]) -> Path:
     save_torch({"format": FORMAT, "version": VERSION, **state}, path)
     for old in list_states(run_dir)[KEEP_LATEST:]:
         old.unlink(missing_ok=True)
+    for leftover in path.parent.glob(".state_step_*.tmp"):  # from a writer killed mid-write
+        leftover.unlink(missing_ok=True)
     return path
 
 
@@ -87,8 +90,8 @@ def load_latest_state(run_dir: str | Path, warn=print) -> tuple[Path, dict[str, 
     previous checkpoint (kept for this purpose) is used instead."""
     paths = list_states(run_dir)
     if not paths:
-        raise CheckpointError(f"nothing to resume: no checkpoint in {Path(run_dir) / CHECKPOINT_DIR}"
-                              " (start the run without --resume)")
+        raise CheckpointError(f"nothing to resume: no checkpoint in "
+                              f"{Path(run_dir) / CHECKPOINT_DIR} (start the run without --resume)")
     errors = []
     for path in paths:
         try:

@@ -45,6 +45,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=15, help="untimed steps per variant")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; best one counts")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of: baseline,fp32,bf16,fp16")
     p.set_defaults(func=_cmd_bench)

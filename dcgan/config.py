@@ -75,8 +75,8 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
 
 def _check_type(key: str, want: type, value: Any) -> None:
     if want is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        _require(ok, key, "must be a finite number", value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(number and math.isfinite(value), key, "must be a finite number", value)
     elif want is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, "must be an integer",
                  value)

@@ -1,0 +1,105 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from dcgan.checkpoint import (
+    list_states,
+    load_latest_state,
+    load_state,
+    load_torch,
+    save_state,
+    save_torch,
+)
+from dcgan.errors import CheckpointError
+from dcgan.io import atomic_write
+
+
+def _state(step: int) -> dict:
+    return {"generator": {"w": torch.full((4,), float(step))}, "discriminator": {}, "opt_g": {},
+            "opt_d": {}, "step": step, "rng": {}, "fixed_noise": torch.zeros(2),
+            "config": {}, "stats": {}, "elapsed": 0.0}
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_torch({"v": torch.ones(3)}, path)
+
+    def half_then_crash(fh):
+        fh.write(b"partial garbage")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(path, half_then_crash)
+    assert torch.equal(load_torch(path)["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
+
+
+def test_kill_during_writes_never_leaves_a_truncated_file(tmp_path):
+    """SIGKILL a process that rewrites a 40 MB checkpoint in a loop: the file always loads."""
+    path = tmp_path / "state.pt"
+    script = textwrap.dedent(f"""
+        import torch
+        from dcgan.checkpoint import save_torch
+        i = 0
+        while True:
+            save_torch({{"i": i, "w": torch.full((10_000_000,), float(i))}}, {str(path)!r})
+            i += 1
+            print(i, flush=True)
+    """)
+    for delay in (1.2, 1.9, 2.6):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            proc.stdout.readline()  # at least one complete write
+            time.sleep(delay - 1.0)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        state = load_torch(path)
+        assert torch.all(state["w"] == float(state["i"]))
+
+
+def test_corrupt_and_foreign_checkpoints_are_named(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt is corrupt"):
+        load_state(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(1)}, foreign)
+    with pytest.raises(CheckpointError, match="not a dcgan full-state checkpoint"):
+        load_state(foreign)
+
+
+def test_checkpoints_refuse_pickled_code(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "dcgan-train-state", "payload": os.system}, evil)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_state(evil)
+
+
+def test_keeps_two_and_falls_back_past_a_corrupt_newest(tmp_path):
+    for step in (10, 20, 30):
+        save_state(tmp_path, _state(step))
+    assert [p.name for p in list_states(tmp_path)] == ["state_step_00000030.pt",
+                                                       "state_step_00000020.pt"]
+    newest = list_states(tmp_path)[0]
+    newest.write_bytes(newest.read_bytes()[:100])
+    warnings = []
+    path, state = load_latest_state(tmp_path, warn=warnings.append)
+    assert state["step"] == 20 and path.name == "state_step_00000020.pt"
+    assert "state_step_00000030.pt" in warnings[0]
+
+
+def test_no_valid_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        load_latest_state(tmp_path)
+    save_state(tmp_path, _state(5))
+    list_states(tmp_path)[0].write_bytes(b"")
+    with pytest.raises(CheckpointError, match="state_step_00000005.pt is corrupt"):
+        load_latest_state(tmp_path)

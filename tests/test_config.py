@@ -1,0 +1,123 @@
+import pytest
+import yaml
+
+from dcgan.cli import main
+from dcgan.config import TrainConfig, load_config, save_config
+from dcgan.errors import ConfigError
+
+
+def test_defaults_are_the_seeds():
+    cfg = TrainConfig()
+    assert (cfg.epochs, cfg.batch_size, cfg.g_lr, cfg.d_lr, cfg.beta1, cfg.beta2) == (
+        30, 64, 2e-4, 2e-4, 0.5, 0.999)
+    assert (cfg.latent_dim, cfg.label_smoothing, cfg.dropout) == (100, 0.1, 0.3)
+    assert (cfg.sample_every, cfg.checkpoint_every, cfg.checkpoint_every_steps) == (100, 10, 0)
+    assert (cfg.device, cfg.train_subset, cfg.max_steps, cfg.precision) == ("auto", 0, 0, "fp32")
+
+
+def test_exactly_the_documented_keys():
+    assert list(TrainConfig().to_dict()) == [
+        "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "latent_dim",
+        "label_smoothing", "dropout", "sample_every", "checkpoint_every",
+        "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
+        "max_steps", "precision"]
+
+
+def test_data_dir_env_replaces_only_the_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("DCGAN_DATA_DIR", "/somewhere")
+    assert TrainConfig().data_dir == "/somewhere"
+    assert load_config(overrides=["data_dir=/explicit"]).data_dir == "/explicit"
+    monkeypatch.delenv("DCGAN_DATA_DIR")
+    assert TrainConfig().data_dir == "./data"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 5\ng_lr: 1.0e-3\ndevice: cpu\n")
+    cfg = load_config(path, ["epochs=7", "d_lr=1e-4", "precision=bf16"])
+    assert (cfg.epochs, cfg.g_lr, cfg.d_lr, cfg.device, cfg.precision) == (
+        7, 1e-3, 1e-4, "cpu", "bf16")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(overrides=["epochs=3", "dropout=0.25"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"] == 3
+
+
+@pytest.mark.parametrize("override, key, rule", [
+    ("g_lr=0", "g_lr", "> 0"),
+    ("d_lr=-1e-4", "d_lr", "> 0"),
+    ("g_lr=nan", "g_lr", "finite"),
+    ("dropout=1", "dropout", "[0, 1)"),
+    ("dropout=-0.1", "dropout", "[0, 1)"),
+    ("label_smoothing=0.5", "label_smoothing", "[0, 0.5)"),
+    ("label_smoothing=-0.01", "label_smoothing", "[0, 0.5)"),
+    ("batch_size=0", "batch_size", ">= 1"),
+    ("epochs=0", "epochs", ">= 1"),
+    ("latent_dim=0", "latent_dim", ">= 1"),
+    ("log_every=0", "log_every", ">= 1"),
+    ("beta1=1", "beta1", "[0, 1)"),
+    ("beta2=-0.5", "beta2", "[0, 1)"),
+    ("sample_every=-1", "sample_every", ">= 0"),
+    ("checkpoint_every=-1", "checkpoint_every", ">= 0"),
+    ("checkpoint_every_steps=-5", "checkpoint_every_steps", ">= 0"),
+    ("train_subset=-1", "train_subset", ">= 0"),
+    ("max_steps=-1", "max_steps", ">= 0"),
+    ("seed=-1", "seed", ">= 0"),
+    ("device=tpu", "device", "auto, cpu, cuda, cuda:N"),
+    ("device=cuda:x", "device", "auto, cpu, cuda, cuda:N"),
+    ("precision=fp8", "precision", "fp32, bf16, fp16"),
+    ("data_dir=", "data_dir", "empty"),
+    ("epochs=2.5", "epochs", "integer"),
+    ("batch_size=lots", "batch_size", "integer"),
+    ("g_lr=fast", "g_lr", "number"),
+    ("colour=red", "colour", "unknown key"),
+    ("epochs", "epochs", "key=value"),
+])
+def test_each_rule_names_key_and_rule(override, key, rule):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert info.value.key == key
+    assert rule in str(info.value)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("epochs: [1, 2]\n", "epochs"),
+    ("batch_size: true\n", "batch_size"),
+    ("unknown_key: 1\n", "unknown_key"),
+    ("- just\n- a list\n", "mapping"),
+    ("epochs: [unclosed\n", "not valid YAML"),
+])
+def test_bad_yaml_files(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("args", [
+    ["--set", "g_lr=-1"],
+    ["--set", "no_such_key=1"],
+    ["--set", "dropout=1.5"],
+    ["--config", "/nonexistent/config.yaml"],
+])
+def test_cli_config_errors_exit_2_with_one_line(tmp_path, capsys, args):
+    code = main(["train", "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: config: ")
+    assert not (tmp_path / "run").exists()  # nothing written for a bad config
+
+
+def test_fp16_needs_a_gpu(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "r"), "--set", "device=cpu",
+                 "--set", "precision=fp16"])
+    assert code == 2
+    assert "precision" in capsys.readouterr().err

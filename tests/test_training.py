@@ -1,0 +1,215 @@
+"""End-to-end runs of ``dcgan train`` through the CLI, and loop behaviour in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from dcgan.checkpoint import list_states, load_state
+from dcgan.errors import NonFiniteLossError, RunDirError
+from dcgan.models import Discriminator, Generator
+from dcgan.run import train_local
+from dcgan.stats import COLUMNS, STATS_FILE
+from dcgan.step import gan_step
+
+from .conftest import ROOT, TINY, one_line_error, run_cli, sets, tiny_train_args
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    proc = run_cli(tiny_train_args(out, data_dir))
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def _digest(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_cli_run_produces_every_artifact(finished_run):
+    out, proc = finished_run
+    names = {p.name for p in out.iterdir()}
+    expected = {"config.yaml", STATS_FILE, "dcgan_generator_final.pth",
+                "dcgan_discriminator_final.pth", "dcgan_final_samples.png",
+                "dcgan_generator_epoch_1.pth", "dcgan_discriminator_epoch_1.pth",
+                "dcgan_generator_epoch_2.pth", "dcgan_discriminator_epoch_2.pth",
+                "dcgan_samples_epoch_0_batch_0.png", "dcgan_samples_epoch_0_batch_4.png",
+                "dcgan_samples_epoch_1_batch_0.png", "dcgan_samples_epoch_1_batch_4.png",
+                "checkpoints"}
+    assert expected <= names, expected - names
+    # The seed's log line, every log_every batches.
+    assert "[Epoch 0] [Batch 0/8] [D: " in proc.stdout
+    assert "[Epoch 1] [Batch 6/8]" in proc.stdout and "[Real Acc: " in proc.stdout
+    # Stats: one row per iteration with the documented columns.
+    table = pq.read_table(out / STATS_FILE)
+    assert table.column_names == list(COLUMNS)
+    stats = table.to_pydict()
+    assert stats["step"] == list(range(16))
+    assert stats["epoch"] == [0] * 8 + [1] * 8 and stats["batch"] == list(range(8)) * 2
+    assert all(0 <= a <= 1 for a in stats["d_real_acc"] + stats["d_fake_prob"])
+    assert stats["time"] == sorted(stats["time"])
+    # The seed's usage loads the final weights.
+    g = Generator()
+    g.load_state_dict(torch.load(out / "dcgan_generator_final.pth", weights_only=True))
+    d = Discriminator()
+    d.load_state_dict(torch.load(out / "dcgan_discriminator_final.pth", weights_only=True))
+    # 64 samples as an 8x8 grid of 28x28 images with 2-pixel padding.
+    assert Image.open(out / "dcgan_final_samples.png").size == (8 * 30 + 2, 8 * 30 + 2)
+    # The full state resumes: every piece is there.
+    state = load_state(list_states(out)[0])
+    assert state["step"] == 16 and state["config"]["batch_size"] == 32
+
+
+def test_refuses_to_overwrite_a_run(finished_run, data_dir):
+    out, _ = finished_run
+    before = _digest(out)
+    proc = run_cli(tiny_train_args(out, data_dir))
+    assert proc.returncode == 2
+    assert "already holds a run" in one_line_error(proc)
+    assert _digest(out) == before
+
+
+def test_bad_config_with_overwrite_keeps_the_run(finished_run, data_dir):
+    out, _ = finished_run
+    before = _digest(out)
+    proc = run_cli([*tiny_train_args(out, data_dir), "--overwrite", "--set", "g_lr=0"])
+    assert proc.returncode == 2 and "g_lr" in one_line_error(proc)
+    assert _digest(out) == before
+
+
+def test_overwrite_replaces_only_our_files(tmp_path, data_dir):
+    out = tmp_path / "run"
+    assert run_cli(tiny_train_args(out, data_dir, epochs=1)).returncode == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "dcgan_samples_epoch_9_batch_0.png").write_bytes(b"stale")
+    proc = run_cli([*tiny_train_args(out, data_dir, epochs=1, sample_every=0), "--overwrite"])
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not list(out.glob("dcgan_samples_*.png"))
+
+
+def test_resume_without_checkpoint(tmp_path, data_dir):
+    proc = run_cli([*tiny_train_args(tmp_path / "nothing", data_dir), "--resume"])
+    assert proc.returncode == 2 and "nothing to resume" in one_line_error(proc)
+    (tmp_path / "empty").mkdir()
+    proc = run_cli([*tiny_train_args(tmp_path / "empty", data_dir), "--resume"])
+    assert proc.returncode == 1 and "no checkpoint" in one_line_error(proc)
+
+
+def test_resume_from_corrupt_checkpoint_names_it(tmp_path, data_dir):
+    out = tmp_path / "run"
+    assert run_cli(tiny_train_args(out, data_dir, epochs=1, max_steps=3)).returncode == 0
+    (ckpt,) = list_states(out)
+    ckpt.write_bytes(ckpt.read_bytes()[:500])
+    proc = run_cli([*tiny_train_args(out, data_dir, epochs=1), "--resume"])
+    assert proc.returncode == 1
+    assert f"{ckpt} is corrupt" in one_line_error(proc)
+
+
+def test_resume_changing_batch_size_is_refused(tmp_path, data_dir):
+    out = tmp_path / "run"
+    assert run_cli(tiny_train_args(out, data_dir, epochs=1, max_steps=2)).returncode == 0
+    proc = run_cli([*tiny_train_args(out, data_dir, batch_size=16), "--resume"])
+    assert proc.returncode == 1 and "batch_size" in one_line_error(proc)
+
+
+def test_resume_is_bit_exact(tmp_path, data_dir):
+    """2N steps in one go == N steps, stop, resume to 2N: same weights, same stats rows.
+
+    N = 5 is mid-epoch (8 batches/epoch) and the run crosses an epoch boundary, so data
+    order, RNG states, optimizer moments and BatchNorm buffers all have to be restored."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = {"epochs": 2, "sample_every": 3, "checkpoint_every": 0}
+    assert run_cli(tiny_train_args(straight, data_dir, max_steps=10, **common)).returncode == 0
+    assert run_cli(tiny_train_args(split, data_dir, max_steps=5, **common)).returncode == 0
+    proc = run_cli([*tiny_train_args(split, data_dir, max_steps=10, **common), "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming at step 5" in proc.stdout
+
+    for name in ("dcgan_generator_final.pth", "dcgan_discriminator_final.pth"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(split / name, weights_only=True)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs"
+    sa, sb = pq.read_table(straight / STATS_FILE).to_pydict(), pq.read_table(
+        split / STATS_FILE).to_pydict()
+    for column in COLUMNS:
+        if column != "time":  # wall-clock time is the one thing allowed to differ
+            assert sa[column] == sb[column], column
+    assert len(sb["step"]) == 10
+    assert sb["time"][5] >= sb["time"][4]  # time continues across the resume
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_state_and_resumes(tmp_path, data_dir, sig, code):
+    out = tmp_path / "run"
+    args = tiny_train_args(out, data_dir, epochs=50, log_every=1, checkpoint_every=0)
+    proc = subprocess.Popen([sys.executable, "-m", "dcgan", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if "[Batch 3/8]" in line:  # training is well under way
+                break
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert "Resume with: dcgan train --out" in stdout
+    (ckpt,) = list_states(out)
+    step = load_state(ckpt)["step"]
+    rows = pq.read_table(out / STATS_FILE).to_pydict()
+    assert rows["step"] == list(range(step))  # stats written up to the checkpoint
+    assert not (out / "dcgan_generator_final.pth").exists()
+
+    proc = run_cli([*tiny_train_args(out, data_dir, epochs=1), "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "dcgan_generator_final.pth").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    calls = {"n": 0}
+
+    def poisoned_step(parts, real, z):
+        calls["n"] += 1
+        metrics = gan_step(parts, real, z)
+        if calls["n"] >= 7:  # as if the losses had overflowed from step 6 on
+            metrics = metrics.clone()
+            metrics[0] = float("nan")
+        return metrics
+
+    out = tmp_path / "run"
+    cfg = {**TINY, "data_dir": data_dir, "checkpoint_every_steps": 4, "checkpoint_every": 0}
+    with pytest.raises(NonFiniteLossError) as info:
+        train_local(out, overrides=sets(cfg)[1::2], step_fn=poisoned_step, progress=False)
+    message = str(info.value)
+    assert "non-finite loss at step 6" in message and "state_step_00000004.pt" in message
+    assert [p.name for p in list_states(out)] == ["state_step_00000004.pt"]
+    assert load_state(list_states(out)[0])["step"] == 4
+    assert not (out / "dcgan_generator_final.pth").exists()
+    rows = pq.read_table(out / STATS_FILE).to_pydict()
+    assert rows["step"][-1] >= 6  # the stats show where it diverged
+
+
+def test_run_dir_that_is_a_file(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(RunDirError, match="not a directory"):
+        train_local(target)

@@ -171,6 +171,17 @@ class Checkpointer(Callback):
                        f"to {path}. Resume with: dcgan train --out {self.run_dir} --resume")
 
 
+class StatsWriter(Callback):
+    """Rewrites the Parquet stats at every epoch end, so ``dcgan analyze`` can follow a run."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        trainer.flush()
+        trainer.stats.write_parquet(self.run_dir / STATS_FILE)
+
+
 class FinalArtifacts(Callback):
     """The seed's end products, when training completes: final weights and 64 samples."""
 

@@ -57,10 +57,131 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="diagnostics report and 6-panel figure of a run",
+                       description="Read RUN_DIR's statistics (also while it trains or after a "
+                                   "stop), print the seed's report, write "
+                                   "dcgan_training_analysis.png and dcgan_diagnostics.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--window", type=_positive, default=100,
+                   help="iterations the report averages over (default 100)")
+    p.add_argument("--smooth", type=_positive, default=None,
+                   help="moving-average window of the smoothed panels (default: ~5%% of the run)")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dcgan.report import analyze_run
+
+    analyze_run(args.run_dir, window=args.window, smooth=args.smooth)
+    return 0
+
+
+def _add_generator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator", required=True, metavar="PATH",
+                   help="a dcgan_generator_*.pth or a full checkpoint (checkpoints/*.pt)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="image grid to write")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="a grid of samples from a trained generator")
+    _add_generator_args(p)
+    p.add_argument("--n", type=_positive, default=64, help="number of samples (default 64)")
+    p.add_argument("--nrow", type=_positive, default=8, help="images per row (default 8)")
+    p.add_argument("--save-tensor", metavar="FILE.pt|FILE.npy",
+                   help="also save the raw images (N x 1 x 28 x 28, values in [-1, 1])")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from dcgan.generation import load_generator, sample, save_tensor
+    from dcgan.samples import save_grid
+
+    _check_suffix(args.out, (".png",), "--out")
+    if args.save_tensor:
+        _check_suffix(args.save_tensor, (".pt", ".npy"), "--save-tensor")
+    g = load_generator(args.generator, _device(args.device))
+    images = sample(g, args.n, args.seed)
+    save_grid(images, args.out, nrow=args.nrow)
+    print(f"Wrote {args.n} samples to {args.out}")
+    if args.save_tensor:
+        save_tensor(images, args.save_tensor)
+        print(f"Wrote the images ({tuple(images.shape)}, values in [-1, 1]) to {args.save_tensor}")
+    return 0
+
+
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("interpolate", help="walks through latent space between noise vectors")
+    _add_generator_args(p)
+    p.add_argument("--steps", type=_positive, default=10, help="images per walk (default 10)")
+    p.add_argument("--pairs", type=_positive, default=8, help="walks, one per row (default 8)")
+    p.add_argument("--mode", choices=("lerp", "slerp"), default="slerp",
+                   help="straight line or great circle (default slerp)")
+    p.add_argument("--gif", metavar="FILE.gif", help="also write an animated GIF")
+    p.set_defaults(func=_cmd_interpolate)
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    from dcgan.generation import interpolate, load_generator, save_gif
+    from dcgan.samples import save_grid
+
+    _check_suffix(args.out, (".png",), "--out")
+    if args.gif:
+        _check_suffix(args.gif, (".gif",), "--gif")
+    if args.steps < 2:
+        raise UsageError("--steps must be >= 2 (a walk has two ends)")
+    g = load_generator(args.generator, _device(args.device))
+    walks = interpolate(g, args.pairs, args.steps, args.mode, args.seed)
+    save_grid(walks.flatten(0, 1), args.out, nrow=args.steps)
+    print(f"Wrote {args.pairs} {args.mode} walks of {args.steps} steps to {args.out}")
+    if args.gif:
+        save_gif(walks.transpose(0, 1), args.gif)
+        print(f"Wrote the animation to {args.gif}")
+    return 0
+
+
+class UsageError(DCGANError):
+    exit_code = 2
+
+
+def _check_suffix(path: str, suffixes: tuple[str, ...], flag: str) -> None:
+    if not path.lower().endswith(suffixes):
+        raise UsageError(f"{flag} {path} must end in {' or '.join(suffixes)}")
+
+
+def _device(name: str):
+    from dcgan.config import load_config
+    from dcgan.device import resolve_device
+
+    return resolve_device(load_config(overrides=[f"device={name}"]))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (and status 2), like every other dcgan error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcgan", description=__doc__)
+    parser = OneLineParser(prog="dcgan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_analyze(sub)
+    _add_sample(sub)
+    _add_interpolate(sub)
     _add_bench(sub)
     return parser
 

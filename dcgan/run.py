@@ -20,12 +20,14 @@ from dcgan.callbacks import (
     FinalArtifacts,
     ProgressBar,
     SampleWriter,
+    StatsWriter,
 )
 from dcgan.checkpoint import CHECKPOINT_DIR, list_states, load_latest_state
 from dcgan.config import load_config, save_config
 from dcgan.data import load_mnist, to_model_range
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
+from dcgan.report import DiagnosticsReporter
 from dcgan.stats import STATS_FILE
 from dcgan.trainer import Callback, Outcome, Trainer
 
@@ -92,8 +94,10 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
     bar = ProgressBar(progress)
     write = bar.writer()
     checkpointer = Checkpointer(run_dir, write)
-    callbacks: list[Callback] = [bar, ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every),
-                                 checkpointer, FinalArtifacts(run_dir), *extra_callbacks]
+    callbacks: list[Callback] = [
+        bar, ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), checkpointer,
+        StatsWriter(run_dir), DiagnosticsReporter(run_dir, write), FinalArtifacts(run_dir),
+        *extra_callbacks]
     kwargs = {"step_fn": step_fn} if step_fn is not None else {}
     trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, **kwargs)
     if state is not None:

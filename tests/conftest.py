@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,3 +54,12 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 def tiny_train_args(out: Path, data_dir: str, **overrides) -> list[str]:
     return ["train", "--out", str(out), "--no-progress",
             *sets({**TINY, "data_dir": data_dir, **overrides})]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, data_dir) -> SimpleNamespace:
+    """One tiny completed run (2 epochs of 8 steps), shared by read-only tests."""
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    proc = run_cli(tiny_train_args(out, data_dir))
+    assert proc.returncode == 0, proc.stderr
+    return SimpleNamespace(out=out, proc=proc)

@@ -26,21 +26,13 @@ from .conftest import ROOT, TINY, one_line_error, run_cli, sets, tiny_train_args
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, data_dir) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("e2e") / "run"
-    proc = run_cli(tiny_train_args(out, data_dir))
-    assert proc.returncode == 0, proc.stderr
-    return out, proc
-
-
 def _digest(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_cli_run_produces_every_artifact(finished_run):
-    out, proc = finished_run
+    out, proc = finished_run.out, finished_run.proc
     names = {p.name for p in out.iterdir()}
     expected = {"config.yaml", STATS_FILE, "dcgan_generator_final.pth",
                 "dcgan_discriminator_final.pth", "dcgan_final_samples.png",
@@ -74,7 +66,7 @@ def test_cli_run_produces_every_artifact(finished_run):
 
 
 def test_refuses_to_overwrite_a_run(finished_run, data_dir):
-    out, _ = finished_run
+    out = finished_run.out
     before = _digest(out)
     proc = run_cli(tiny_train_args(out, data_dir))
     assert proc.returncode == 2
@@ -83,7 +75,7 @@ def test_refuses_to_overwrite_a_run(finished_run, data_dir):
 
 
 def test_bad_config_with_overwrite_keeps_the_run(finished_run, data_dir):
-    out, _ = finished_run
+    out = finished_run.out
     before = _digest(out)
     proc = run_cli([*tiny_train_args(out, data_dir), "--overwrite", "--set", "g_lr=0"])
     assert proc.returncode == 2 and "g_lr" in one_line_error(proc)

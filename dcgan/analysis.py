@@ -1,0 +1,125 @@
+"""The seed's 6-panel training analysis figure (``dcgan_training_analysis.png``)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dcgan.diagnostics import ACC_BAND, RATIO_BAND, Diagnosis, report
+from dcgan.io import atomic_write_bytes
+
+ANALYSIS_FILE = "dcgan_training_analysis.png"
+PANEL_TITLES = ("Raw losses", "Smoothed losses", "Discriminator accuracy",
+                "Loss ratio G/D", "Loss difference G - D", "Diagnostics")
+D_COLOR, G_COLOR = "tab:blue", "tab:orange"
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over ``window`` points (shorter at the start, same length as input)."""
+    x = np.asarray(values, dtype=np.float64)
+    if window <= 1 or len(x) == 0:
+        return x
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def default_smoothing(n_rows: int) -> int:
+    return int(min(100, max(1, n_rows // 20)))
+
+
+def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int | None = None,
+                 title: str = "DCGAN training analysis"):
+    """Return the matplotlib Figure (6 panels, titles, axis labels, legends)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.asarray(columns["step"])
+    d_loss, g_loss = np.asarray(columns["d_loss"]), np.asarray(columns["g_loss"])
+    real_acc, fake_acc = np.asarray(columns["d_real_acc"]), np.asarray(columns["d_fake_acc"])
+    n = len(steps)
+    k = smooth or default_smoothing(n)
+    per_epoch = max(int(max(columns.get("batch", [0]) or [0])) + 1, 1)
+
+    fig, axes = plt.subplots(3, 2, figsize=(15, 14), layout="constrained")
+    fig.suptitle(f"{title} ({n} iterations, {n / per_epoch:.1f} epochs)", fontsize=14)
+    ax = axes.flat
+
+    ax[0].plot(steps, d_loss, color=D_COLOR, lw=0.6, alpha=0.7, label="D loss")
+    ax[0].plot(steps, g_loss, color=G_COLOR, lw=0.6, alpha=0.7, label="G loss")
+    ax[0].set_ylabel("BCE loss (nats)")
+
+    ax[1].plot(steps, moving_average(d_loss, k), color=D_COLOR, lw=1.6, label="D loss")
+    ax[1].plot(steps, moving_average(g_loss, k), color=G_COLOR, lw=1.6, label="G loss")
+    floor = diag.to_dict()["loss_floor"]
+    ax[1].axhline(floor, color="gray", ls=":", lw=1,
+                  label=f"BCE floor {floor:.3f} (label smoothing)")
+    ax[1].set_ylabel(f"BCE loss, moving average of {k}")
+
+    ax[2].plot(steps, 100 * moving_average(real_acc, k), color="tab:green", lw=1.4,
+               label="real classified real")
+    ax[2].plot(steps, 100 * moving_average(fake_acc, k), color="tab:red", lw=1.4,
+               label="fake classified fake")
+    ax[2].axhline(50, color="black", ls="--", lw=1, label="50% (equilibrium)")
+    ax[2].axhspan(100 * ACC_BAND[0], 100 * ACC_BAND[1], color="tab:green", alpha=0.08,
+                  label="60-90% (healthy)")
+    ax[2].set_ylim(0, 100)
+    ax[2].set_ylabel(f"accuracy (%), moving average of {k}")
+
+    ratio = moving_average(g_loss, k) / np.maximum(moving_average(d_loss, k), 1e-12)
+    ax[3].plot(steps, ratio, color="tab:purple", lw=1.4, label="G loss / D loss")
+    ax[3].axhspan(*RATIO_BAND, color="tab:green", alpha=0.08, label="0.3-3.0 (balanced)")
+    ax[3].axhline(1, color="black", ls="--", lw=1, label="1 (equal losses)")
+    ax[3].set_ylim(0, max(3.5, float(np.nanmax(ratio)) * 1.1 if n else 3.5))
+    ax[3].set_ylabel("ratio")
+
+    ax[4].plot(steps, moving_average(g_loss - d_loss, k), color="tab:brown", lw=1.4,
+               label="G loss - D loss")
+    ax[4].axhline(0, color="black", ls="--", lw=1, label="0 (evenly matched)")
+    ax[4].set_ylabel("difference (nats)")
+
+    for a, name in zip(ax[:5], PANEL_TITLES[:5], strict=True):
+        a.set_title(name)
+        a.set_xlabel("step (iteration)")
+        a.grid(alpha=0.3)
+        a.legend(loc="best", fontsize=8)
+        top = a.secondary_xaxis("top", functions=(lambda s: s / per_epoch,
+                                                  lambda e: e * per_epoch))
+        top.set_xlabel("epoch", fontsize=8)
+
+    panel = ax[5]
+    panel.set_title(PANEL_TITLES[5])
+    panel.axis("off")
+    verdict = "HEALTHY" if diag.healthy else "NEEDS ATTENTION"
+    panel.text(0.0, 1.0, f"Status: {verdict}\n\n" + _wrap(report(diag)), va="top",
+               ha="left", family="monospace", fontsize=8.5, transform=panel.transAxes,
+               color="darkgreen" if diag.healthy else "darkred")
+    return fig
+
+
+def _wrap(text: str, width: int = 88) -> str:
+    import textwrap
+
+    out = []
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        out.extend(textwrap.wrap(line, width=width, subsequent_indent=" " * (indent + 2))
+                   or [""])
+    return "\n".join(out)
+
+
+def save_analysis(columns: Mapping[str, Sequence], diag: Diagnosis, path: str | Path,
+                  smooth: int | None = None, title: str = "DCGAN training analysis") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = build_figure(columns, diag, smooth, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

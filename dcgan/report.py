@@ -1,0 +1,157 @@
+"""Diagnostics of a run: the once-per-epoch status line, the end-of-run report, the JSON and
+the analysis figure, during training (``DiagnosticsReporter``) or afterwards (``analyze_run``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+from dcgan.analysis import ANALYSIS_FILE, save_analysis
+from dcgan.diagnostics import (
+    DEFAULT_WINDOW,
+    REQUIRED_COLUMNS,
+    Diagnosis,
+    diagnose,
+    report,
+    status_line,
+)
+from dcgan.errors import DCGANError
+from dcgan.io import atomic_write_text
+from dcgan.samples import generate
+from dcgan.stats import STATS_FILE
+from dcgan.trainer import Callback, Outcome, Trainer
+
+DIAGNOSTICS_FILE = "dcgan_diagnostics.json"
+DIVERSITY_SAMPLES = 64
+
+
+class StatsError(DCGANError):
+    """The statistics file is missing, empty, corrupt or lacks columns."""
+
+
+def real_reference(images: torch.Tensor, n: int = DIVERSITY_SAMPLES) -> torch.Tensor:
+    """``n`` real images at evenly spaced indices: deterministic and draws on no RNG."""
+    idx = torch.linspace(0, images.shape[0] - 1, min(n, images.shape[0])).long()
+    return images[idx.to(images.device)].float()
+
+
+def write_diagnostics(run_dir: Path, diag: Diagnosis, columns: dict, smooth: int | None = None,
+                      extra: dict | None = None) -> None:
+    info = {"iterations": len(columns["step"]), "last_step": int(columns["step"][-1]),
+            "last_epoch": int(columns["epoch"][-1]), **(extra or {}), **diag.to_dict()}
+    atomic_write_text(run_dir / DIAGNOSTICS_FILE, json.dumps(_finite(info), indent=2) + "\n")
+    save_analysis(columns, diag, run_dir / ANALYSIS_FILE, smooth,
+                  title=f"DCGAN training analysis: {run_dir.name}")
+
+
+def _finite(obj):
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class DiagnosticsReporter(Callback):
+    """A status line per epoch; at the end, the seed's report, the JSON and the figure."""
+
+    def __init__(self, run_dir: Path, write: Callable[[str], None] = print,
+                 window: int = DEFAULT_WINDOW):
+        self.run_dir, self.write, self.window = Path(run_dir), write, window
+
+    def _diagnose(self, trainer: Trainer, with_samples: bool) -> Diagnosis:
+        kwargs = {}
+        if with_samples:
+            kwargs = {"samples": generate(trainer.generator, trainer.fixed_noise),
+                      "real": real_reference(trainer.sampler.images)}
+        return diagnose(trainer.stats.columns, trainer.cfg.label_smoothing, self.window, **kwargs)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        trainer.flush()
+        self.write(f"[Epoch {trainer.epoch}] {status_line(self._diagnose(trainer, False))}")
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
+        if outcome is Outcome.DIVERGED or len(trainer.stats) == 0:
+            return
+        diag = self._diagnose(trainer, True)
+        self.write(report(diag))
+        write_diagnostics(self.run_dir, diag, trainer.stats.columns,
+                          extra={"outcome": str(outcome)})
+
+
+def read_stats_file(path: Path) -> dict[str, list]:
+    if not path.exists():
+        raise StatsError(f"no statistics at {path}: the run has not saved any yet (they are "
+                         "written with each checkpoint and at every epoch end)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise StatsError(f"statistics file {path} is corrupt or unreadable "
+                         f"({str(exc).splitlines()[0][:160]})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise StatsError(f"statistics file {path} lacks column(s) {', '.join(missing)}")
+    if table.num_rows == 0:
+        raise StatsError(f"statistics file {path} holds no rows yet")
+    return table.to_pydict()
+
+
+def _newest_generator(run_dir: Path) -> Path | None:
+    final = run_dir / "dcgan_generator_final.pth"
+    if final.exists():
+        return final
+    from dcgan.checkpoint import list_states
+
+    states = list_states(run_dir)
+    epochs = sorted(run_dir.glob("dcgan_generator_epoch_*.pth"), key=lambda p: p.stat().st_mtime)
+    candidates = [p for p in (states[:1] + epochs[-1:]) if p]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def analyze_run(run_dir: str | Path, window: int = DEFAULT_WINDOW, smooth: int | None = None,
+                write: Callable[[str], None] = print) -> Diagnosis:
+    """Diagnose a run from its files; works while it is still training or after a stop."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StatsError(f"{run_dir} is not a run directory")
+    columns = read_stats_file(run_dir / STATS_FILE)
+    config = {}
+    if (run_dir / "config.yaml").exists():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    smoothing = float(config.get("label_smoothing", 0.1))
+    kwargs, note = _diversity_inputs(run_dir, config)
+    diag = diagnose(columns, smoothing, window, **kwargs)
+    if note:
+        write(note)
+    write(report(diag))
+    write_diagnostics(run_dir, diag, columns, smooth)
+    write(f"Wrote {run_dir / ANALYSIS_FILE} and {run_dir / DIAGNOSTICS_FILE}")
+    return diag
+
+
+def _diversity_inputs(run_dir: Path, config: dict) -> tuple[dict, str]:
+    """Samples of the newest generator and real images for the mode-collapse check, if any."""
+    from dcgan.data import load_mnist, to_model_range
+    from dcgan.generation import load_generator, sample
+
+    path = _newest_generator(run_dir)
+    if path is None:
+        return {}, "note: no generator weights in the run yet; mode-collapse check skipped"
+    try:
+        g = load_generator(path)
+        images, _ = load_mnist(config.get("data_dir", "./data"),
+                               subset=int(config.get("train_subset", 0)))
+    except DCGANError as exc:
+        return {}, f"note: mode-collapse check skipped ({exc})"
+    return {"samples": sample(g, DIVERSITY_SAMPLES, seed=0),
+            "real": real_reference(to_model_range(images))}, ""

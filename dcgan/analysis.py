@@ -98,7 +98,7 @@ def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int |
     panel.axis("off")
     verdict = "HEALTHY" if diag.healthy else "NEEDS ATTENTION"
     panel.text(0.0, 1.0, f"Status: {verdict}\n\n" + _wrap(report(diag)), va="top",
-               ha="left", family="monospace", fontsize=8.5, transform=panel.transAxes,
+               ha="left", family="monospace", fontsize=8, transform=panel.transAxes,
                color="darkgreen" if diag.healthy else "darkred")
     return fig
 

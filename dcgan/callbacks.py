@@ -15,7 +15,7 @@ import torch
 
 from dcgan.checkpoint import save_state, save_torch
 from dcgan.samples import generate, save_grid
-from dcgan.stats import STATS_FILE
+from dcgan.stats import EVAL_FILE, STATS_FILE, write_evals_parquet
 from dcgan.trainer import Callback, Outcome, Trainer
 
 GENERATOR_FINAL = "dcgan_generator_final.pth"
@@ -169,6 +169,38 @@ class Checkpointer(Callback):
         if outcome is Outcome.INTERRUPTED:
             self.write(f"Stopped ({trainer.stop_requested}) at step {trainer.step}; state saved "
                        f"to {path}. Resume with: dcgan train --out {self.run_dir} --resume")
+
+
+class QualityEvaluator(Callback):
+    """FID, IS and class coverage of ``eval_samples`` images every ``eval_every`` epochs and
+    at the end, kept with the stats (and in checkpoints) and written to ``EVAL_FILE``."""
+
+    def __init__(self, run_dir: Path, meter, write: Callable[[str], None] = print):
+        self.run_dir, self.meter, self.write = Path(run_dir), meter, write
+
+    def evaluate(self, trainer: Trainer) -> None:
+        from dcgan.quality import generate_many
+        from dcgan.trainer import derive_seed
+
+        evals = trainer.stats.evals
+        if evals and evals[-1]["step"] == trainer.step:
+            return
+        cfg = trainer.cfg
+        images = generate_many(trainer.generator, cfg.eval_samples, derive_seed(cfg.seed, "eval"))
+        quality = self.meter.measure(images)
+        epochs = trainer.step / trainer.batches_per_epoch
+        evals.append({"step": trainer.step, "epoch": round(epochs, 4), **quality.to_dict()})
+        write_evals_parquet(evals, self.run_dir / EVAL_FILE)
+        self.write(f"[Epoch {trainer.epoch}] quality ({quality.n} samples): {quality.summary()}")
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        every = trainer.cfg.eval_every
+        if every and (trainer.step // trainer.batches_per_epoch) % every == 0:
+            self.evaluate(trainer)
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
+        if outcome is Outcome.COMPLETED and trainer.cfg.eval_every:
+            self.evaluate(trainer)
 
 
 class StatsWriter(Callback):

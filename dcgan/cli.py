@@ -152,6 +152,96 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="FID, Inception Score and class coverage of a generator",
+                       description="Score N generated images with the fixed MNIST classifier "
+                                   "against the MNIST test set (docs/evaluation.md).")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--generator", metavar="PATH",
+                      help="a dcgan_generator_*.pth or a full checkpoint")
+    what.add_argument("--reference", choices=("real", "noise"),
+                      help="score a floor instead: N MNIST training images, or uniform noise")
+    p.add_argument("--n", type=_positive, default=10000, help="images to score (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    p.add_argument("--classifier", metavar="PATH",
+                   help="other classifier weights (default: the packaged, checksummed ones)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from dcgan.config import TrainConfig
+    from dcgan.io import atomic_write_text
+    from dcgan.quality import MIN_SAMPLES, QualityError, build_meter, generate_many
+
+    if args.n < MIN_SAMPLES:
+        raise QualityError(f"--n {args.n} is too small: FID needs more samples than its feature "
+                           f"dimensions (at least {MIN_SAMPLES}; 10,000 is the standard)")
+    data_dir = args.data_dir or TrainConfig().data_dir
+    device = _device(args.device)
+    if args.generator:
+        from dcgan.generation import load_generator
+
+        g = load_generator(args.generator, device)
+        meter = build_meter(data_dir, device, args.classifier)
+        images, what = generate_many(g, args.n, args.seed), args.generator
+    else:
+        meter = build_meter(data_dir, device, args.classifier)
+        if args.reference == "real":
+            from dcgan.data import load_mnist, to_model_range
+
+            if args.n > 60000:
+                raise QualityError(f"--n {args.n}: MNIST has 60,000 training images")
+            train, _ = load_mnist(data_dir, subset=args.n)
+            images, what = to_model_range(train), f"{args.n} MNIST training images"
+        else:
+            gen = torch.Generator().manual_seed(args.seed)
+            images = torch.rand(args.n, 1, 28, 28, generator=gen) * 2 - 1
+            what = f"{args.n} images of uniform noise"
+    q = meter.measure(images)
+    print(f"Sample quality of {what} against the MNIST test set (classifier {q.classifier}):")
+    rows = [("FID", f"{q.fid:.3f}"),
+            ("Inception Score", f"{q.inception_score:.3f} ± {q.inception_score_std:.3f} (max 10)"),
+            ("classes covered (> 2%)", f"{q.classes_covered}/10"),
+            ("largest class fraction", f"{q.largest_class_fraction:.4f}"),
+            ("mean classifier confidence", f"{q.mean_confidence:.4f}"),
+            ("class histogram", " ".join(f"{d}:{f:.3f}" for d, f in enumerate(q.class_fractions)))]
+    for name, value in rows:
+        print(f"  {name:<27} {value}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"what": what, "seed": args.seed,
+                                                 **q.to_dict()}, indent=2) + "\n")
+        print(f"Wrote {args.json}")
+    return 0
+
+
+def _add_evaluator(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluator", help="the fixed MNIST classifier behind FID and IS")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = actions.add_parser("train", help="train the classifier deterministically")
+    t.add_argument("--out", metavar="PATH", help="weights file (default: the packaged one)")
+    t.add_argument("--epochs", type=_positive, default=5)
+    t.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    t.set_defaults(func=_cmd_evaluator_train)
+
+
+def _cmd_evaluator_train(args: argparse.Namespace) -> int:
+    from dcgan.config import TrainConfig
+    from dcgan.evaluator import WEIGHTS_PATH, save_classifier, train_classifier
+
+    model, acc = train_classifier(args.data_dir or TrainConfig().data_dir, epochs=args.epochs)
+    out = args.out or WEIGHTS_PATH
+    digest = save_classifier(model, out)
+    print(f"Wrote {out}: test accuracy {100 * acc:.2f}%, SHA-256 {digest}")
+    return 0
+
+
 class UsageError(DCGANError):
     exit_code = 2
 
@@ -182,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_sample(sub)
     _add_interpolate(sub)
+    _add_evaluate(sub)
+    _add_evaluator(sub)
     _add_bench(sub)
     return parser
 

@@ -53,6 +53,9 @@ class TrainConfig:
     train_subset: int = 0  # use the first N training images (0 = all 60,000)
     max_steps: int = 0  # stop after N steps in all (0 = no cap)
     precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + grad scaler, GPU only)
+    # Sample quality (FID/IS with the fixed MNIST classifier, docs/evaluation.md).
+    eval_every: int = 1  # evaluate every N epochs and at the end (0 = off)
+    eval_samples: int = 2000  # generated images per evaluation (>= 129 for FID's covariance)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -95,8 +98,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "latent_dim", "log_every"):
         _require(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     for key in ("sample_every", "checkpoint_every", "checkpoint_every_steps", "train_subset",
-                "max_steps", "seed"):
+                "max_steps", "seed", "eval_every"):
         _require(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
+    # FID's 128-d feature covariance needs more samples than dimensions (dcgan.quality).
+    _require(cfg.eval_samples >= 129, "eval_samples", "must be >= 129", cfg.eval_samples)
     _require(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)",
              cfg.label_smoothing)
     _require(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)", cfg.dropout)

@@ -258,10 +258,11 @@ def diversity_check(samples: torch.Tensor, real: torch.Tensor) -> tuple[Check, f
 
 def diagnose(columns: Mapping[str, Sequence], label_smoothing: float = 0.1,
              window: int = DEFAULT_WINDOW, samples: torch.Tensor | None = None,
-             real: torch.Tensor | None = None) -> Diagnosis:
+             real: torch.Tensor | None = None, quality: dict | None = None) -> Diagnosis:
+    """All of the above for one window; ``quality`` is the latest sample-quality row."""
     ws = window_stats(columns, window)
     checks = assess(ws, label_smoothing)
-    extra = {}
+    extra: dict = {"quality": quality} if quality else {}
     if samples is not None and real is not None:
         check, ratio = diversity_check(samples, real)
         checks.append(check)
@@ -278,6 +279,15 @@ def status_line(diag: Diagnosis) -> str:
             f"acc real {_pct(ws.real_acc)} fake {_pct(ws.fake_acc)} | {state}")
 
 
+def _quality_lines(q: dict | None) -> list[str]:
+    if not q:
+        return []
+    return [f"Sample quality (step {q['step']}, {q['n']} samples, classifier {q['classifier']}):",
+            f"  FID: {q['fid']:.2f}   Inception Score: {q['inception_score']:.2f} / 10",
+            f"  Classes covered: {q['classes_covered']}/10   Largest class: "
+            f"{q['largest_class_fraction']:.3f}   Mean confidence: {q['mean_confidence']:.3f}"]
+
+
 def report(diag: Diagnosis) -> str:
     """The seed's final report."""
     ws = diag.window
@@ -289,6 +299,7 @@ def report(diag: Diagnosis) -> str:
              f"  Loss ratio (G/D): {ws.loss_ratio:.3f}",
              f"  Loss difference (G-D): {ws.loss_diff:+.4f}",
              f"  Balance score: {diag.balance_score:.4f} (0 = balanced, lower is better)",
+             *_quality_lines(diag.extra.get("quality")),
              "Status Assessment:"]
     for c in diag.checks:
         lines.append(f"  {'✓' if c.passed else '✗'} {c.message}")

@@ -25,7 +25,7 @@ from dcgan.diagnostics import (
 from dcgan.errors import DCGANError
 from dcgan.io import atomic_write_text
 from dcgan.samples import generate
-from dcgan.stats import STATS_FILE
+from dcgan.stats import EVAL_FILE, STATS_FILE
 from dcgan.trainer import Callback, Outcome, Trainer
 
 DIAGNOSTICS_FILE = "dcgan_diagnostics.json"
@@ -74,7 +74,9 @@ class DiagnosticsReporter(Callback):
         if with_samples:
             kwargs = {"samples": generate(trainer.generator, trainer.fixed_noise),
                       "real": real_reference(trainer.sampler.images)}
-        return diagnose(trainer.stats.columns, trainer.cfg.label_smoothing, self.window, **kwargs)
+        evals = trainer.stats.evals
+        return diagnose(trainer.stats.columns, trainer.cfg.label_smoothing, self.window,
+                        quality=evals[-1] if evals else None, **kwargs)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.flush()
@@ -86,7 +88,8 @@ class DiagnosticsReporter(Callback):
         diag = self._diagnose(trainer, True)
         self.write(report(diag))
         write_diagnostics(self.run_dir, diag, trainer.stats.columns,
-                          extra={"outcome": str(outcome)})
+                          extra={"outcome": str(outcome),
+                                 "evaluations": list(trainer.stats.evals)})
 
 
 def read_stats_file(path: Path) -> dict[str, list]:
@@ -104,6 +107,15 @@ def read_stats_file(path: Path) -> dict[str, list]:
     if table.num_rows == 0:
         raise StatsError(f"statistics file {path} holds no rows yet")
     return table.to_pydict()
+
+
+def _read_evals(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError):
+        return []  # quality rows are optional; the stats file is what analyze needs
 
 
 def _newest_generator(run_dir: Path) -> Path | None:
@@ -130,11 +142,12 @@ def analyze_run(run_dir: str | Path, window: int = DEFAULT_WINDOW, smooth: int |
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     smoothing = float(config.get("label_smoothing", 0.1))
     kwargs, note = _diversity_inputs(run_dir, config)
-    diag = diagnose(columns, smoothing, window, **kwargs)
+    evals = _read_evals(run_dir / EVAL_FILE)
+    diag = diagnose(columns, smoothing, window, quality=evals[-1] if evals else None, **kwargs)
     if note:
         write(note)
     write(report(diag))
-    write_diagnostics(run_dir, diag, columns, smooth)
+    write_diagnostics(run_dir, diag, columns, smooth, extra={"evaluations": evals})
     write(f"Wrote {run_dir / ANALYSIS_FILE} and {run_dir / DIAGNOSTICS_FILE}")
     return diag
 

@@ -19,6 +19,7 @@ from dcgan.callbacks import (
     ConsoleLogger,
     FinalArtifacts,
     ProgressBar,
+    QualityEvaluator,
     SampleWriter,
     StatsWriter,
 )
@@ -27,6 +28,7 @@ from dcgan.config import load_config, save_config
 from dcgan.data import load_mnist, to_model_range
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
+from dcgan.quality import build_meter
 from dcgan.report import DiagnosticsReporter
 from dcgan.stats import STATS_FILE
 from dcgan.trainer import Callback, Outcome, Trainer
@@ -91,11 +93,13 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
     device = resolve_device(cfg)
 
     images, _ = load_mnist(cfg.data_dir, train=True, subset=cfg.train_subset)
+    meter = build_meter(cfg.data_dir, device) if cfg.eval_every else None
     bar = ProgressBar(progress)
     write = bar.writer()
     checkpointer = Checkpointer(run_dir, write)
+    quality = [QualityEvaluator(run_dir, meter, write)] if meter is not None else []
     callbacks: list[Callback] = [
-        bar, ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), checkpointer,
+        bar, ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), *quality, checkpointer,
         StatsWriter(run_dir), DiagnosticsReporter(run_dir, write), FinalArtifacts(run_dir),
         *extra_callbacks]
     kwargs = {"step_fn": step_fn} if step_fn is not None else {}

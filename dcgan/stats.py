@@ -17,6 +17,7 @@ from dcgan.io import atomic_write_bytes
 from dcgan.step import METRICS
 
 STATS_FILE = "dcgan_training_stats.parquet"
+EVAL_FILE = "dcgan_eval_stats.parquet"
 COLUMNS = ("step", "epoch", "batch", *METRICS, "time")
 _INT_COLUMNS = ("step", "epoch", "batch")
 
@@ -24,6 +25,7 @@ _INT_COLUMNS = ("step", "epoch", "batch")
 class TrainingStats:
     def __init__(self) -> None:
         self.columns: dict[str, list] = {c: [] for c in COLUMNS}
+        self.evals: list[dict] = []  # sample-quality rows (step, epoch, fid, ...), if any
         self._pending: list[tuple[int, int, int, float, torch.Tensor]] = []
 
     def __len__(self) -> int:
@@ -54,11 +56,14 @@ class TrainingStats:
     # Checkpoint form: tensors only, so that weights_only loading accepts it.
     def state_dict(self) -> dict[str, torch.Tensor]:
         assert not self._pending, "flush() before saving"
-        return {c: torch.tensor(v, dtype=torch.int64 if c in _INT_COLUMNS else torch.float64)
-                for c, v in self.columns.items()}
+        state: dict = {c: torch.tensor(v, dtype=torch.int64 if c in _INT_COLUMNS else torch.float64)
+                       for c, v in self.columns.items()}
+        state["evals"] = [dict(row) for row in self.evals]
+        return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.columns = {c: state[c].tolist() for c in COLUMNS}
+        self.evals = [dict(row) for row in state.get("evals", [])]
         self._pending.clear()
 
     def to_table(self) -> pa.Table:
@@ -71,6 +76,12 @@ class TrainingStats:
         buf = io.BytesIO()
         pq.write_table(self.to_table(), buf)
         atomic_write_bytes(path, buf.getvalue())
+
+
+def write_evals_parquet(evals: list[dict], path: str | Path) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(evals), buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def read_stats(path: str | Path) -> dict[str, list]:

@@ -20,7 +20,7 @@ def test_exactly_the_documented_keys():
         "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "latent_dim",
         "label_smoothing", "dropout", "sample_every", "checkpoint_every",
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
-        "max_steps", "precision"]
+        "max_steps", "precision", "eval_every", "eval_samples"]
 
 
 def test_data_dir_env_replaces_only_the_default(monkeypatch, tmp_path):
@@ -70,6 +70,8 @@ def test_saved_config_round_trips(tmp_path):
     ("device=cuda:x", "device", "auto, cpu, cuda, cuda:N"),
     ("precision=fp8", "precision", "fp32, bf16, fp16"),
     ("data_dir=", "data_dir", "empty"),
+    ("eval_every=-1", "eval_every", ">= 0"),
+    ("eval_samples=128", "eval_samples", ">= 129"),
     ("epochs=2.5", "epochs", "integer"),
     ("batch_size=lots", "batch_size", "integer"),
     ("g_lr=fast", "g_lr", "number"),

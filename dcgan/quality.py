@@ -1,0 +1,132 @@
+"""Sample quality with the fixed MNIST classifier: FID, Inception Score, class coverage.
+
+FID and IS come from torchmetrics (custom feature extractors), not hand-written statistics.
+FID is computed in the classifier's 128-d penultimate feature space against the MNIST test
+set; IS uses its 10-way logits (so it is at most 10).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+
+from dcgan.errors import DCGANError
+from dcgan.evaluator import FEATURE_DIM, VERSION, MnistClassifier
+
+COVERED_FRACTION = 0.02  # a class is covered when more than 2% of samples fall in it
+IS_SPLITS = 10
+MIN_SAMPLES = FEATURE_DIM + 1  # a full-rank covariance of the features needs more samples
+
+
+class QualityError(DCGANError):
+    exit_code = 2
+
+
+class _Precomputed(nn.Module):
+    """Features are computed once per batch by the caller; torchmetrics gets them as is."""
+
+    def __init__(self, head: nn.Module | None = None):
+        super().__init__()
+        self.head = head if head is not None else nn.Identity()
+        self.num_features = FEATURE_DIM
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+@dataclass
+class Quality:
+    n: int
+    fid: float
+    inception_score: float
+    inception_score_std: float
+    class_fractions: list[float]
+    classes_covered: int
+    largest_class_fraction: float
+    mean_confidence: float
+    classifier: str = VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"FID {self.fid:.2f} | IS {self.inception_score:.2f} | classes covered "
+                f"{self.classes_covered}/10 | largest class {self.largest_class_fraction:.3f} | "
+                f"confidence {self.mean_confidence:.3f}")
+
+
+class QualityMeter:
+    """Holds the classifier and the real reference statistics (computed once)."""
+
+    def __init__(self, classifier: MnistClassifier, real: torch.Tensor, batch: int = 1000):
+        self.clf = classifier.eval()
+        self.device = next(classifier.parameters()).device
+        self.batch = batch
+        self.fid = FrechetInceptionDistance(feature=_Precomputed(), reset_real_features=False,
+                                            input_img_size=(FEATURE_DIM,)).to(self.device)
+        with torch.no_grad():
+            for chunk in real.split(batch):
+                self.fid.update(self.clf.features(chunk.to(self.device).float()), real=True)
+
+    @torch.no_grad()
+    def measure(self, fake: torch.Tensor) -> Quality:
+        """Quality of ``fake`` images (N, 1, 28, 28) in [-1, 1]."""
+        n = len(fake)
+        if n < MIN_SAMPLES:
+            raise QualityError(f"{n} samples are too few: FID needs more samples than its "
+                               f"{FEATURE_DIM} feature dimensions (at least {MIN_SAMPLES}; "
+                               "10,000 is the standard)")
+        # IS shuffles with the global RNG: keep training's RNG untouched.
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            torch.manual_seed(0)
+            self.fid.reset()
+            inception = InceptionScore(feature=_Precomputed(self.clf.head),
+                                       splits=IS_SPLITS).to(self.device)
+            probs = []
+            for chunk in fake.split(self.batch):
+                features = self.clf.features(chunk.to(self.device).float())
+                self.fid.update(features, real=False)
+                inception.update(features)
+                probs.append(torch.softmax(self.clf.head(features), 1).cpu())
+            fid = float(self.fid.compute())
+            is_mean, is_std = (float(v) for v in inception.compute())
+        p = torch.cat(probs)
+        fractions = torch.bincount(p.argmax(1), minlength=10).double() / n
+        return Quality(
+            n=n, fid=max(fid, 0.0), inception_score=is_mean, inception_score_std=is_std,
+            class_fractions=[round(float(f), 5) for f in fractions],
+            classes_covered=int((fractions > COVERED_FRACTION).sum()),
+            largest_class_fraction=float(fractions.max()),
+            mean_confidence=float(p.max(1).values.mean()))
+
+
+@torch.no_grad()
+def generate_many(generator: nn.Module, n: int, seed: int, batch: int = 1000) -> torch.Tensor:
+    """``n`` samples from seeded noise, generator in eval mode, without touching global RNGs."""
+    from dcgan.samples import generate
+
+    device = next(generator.parameters()).device
+    latent_dim = generator.latent_dim
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        z = torch.randn(min(batch, n - i), latent_dim, generator=gen).to(device)
+        out.append(generate(generator, z).cpu())
+    return torch.cat(out)
+
+
+def build_meter(data_dir: str, device: str | torch.device = "cpu",
+                classifier: str | None = None) -> QualityMeter:
+    """The classifier and the MNIST test set's reference statistics."""
+    from dcgan.data import load_mnist, to_model_range
+    from dcgan.evaluator import load_classifier
+
+    clf = load_classifier(classifier, device)
+    test_images, _ = load_mnist(data_dir, train=False)
+    return QualityMeter(clf, to_model_range(test_images))

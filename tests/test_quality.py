@@ -1,0 +1,159 @@
+"""The fixed classifier, the quality metrics on known cases, and ``dcgan evaluate``."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from dcgan.data import load_mnist, to_model_range
+from dcgan.evaluator import (
+    WEIGHTS_PATH,
+    WEIGHTS_SHA256,
+    EvaluatorError,
+    accuracy,
+    load_classifier,
+    sha256,
+)
+from dcgan.quality import MIN_SAMPLES, QualityError, QualityMeter
+
+from .conftest import one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def test_set(data_dir):
+    images, labels = load_mnist(data_dir, train=False)
+    return to_model_range(images), labels
+
+
+@pytest.fixture(scope="module")
+def meter(test_set):
+    return QualityMeter(load_classifier(), test_set[0])
+
+
+def test_packaged_classifier_is_the_documented_one():
+    assert sha256(WEIGHTS_PATH) == WEIGHTS_SHA256
+    assert WEIGHTS_PATH.stat().st_size < 2_000_000
+
+
+def test_classifier_accuracy_on_the_mnist_test_set(test_set):
+    assert accuracy(load_classifier(), *test_set) >= 0.985
+
+
+def test_identical_sets_have_zero_fid(meter, test_set):
+    q = meter.measure(test_set[0])
+    assert q.fid == pytest.approx(0.0, abs=1e-3)
+    assert q.classes_covered == 10 and q.largest_class_fraction < 0.15
+    assert 9.0 < q.inception_score <= 10.0
+
+
+def test_one_repeated_digit_covers_one_class(meter, test_set):
+    images, labels = test_set
+    one = images[labels == 3][:1].repeat(500, 1, 1, 1)
+    q = meter.measure(one)
+    assert q.classes_covered == 1 and q.largest_class_fraction == 1.0
+    assert q.class_fractions[3] == 1.0
+    assert q.inception_score == pytest.approx(1.0, abs=1e-3)
+    assert q.fid > 100
+
+
+def test_two_balanced_digits_score_about_two(meter, test_set):
+    images, labels = test_set
+    two = torch.cat([images[labels == 0][:400], images[labels == 1][:400]])
+    q = meter.measure(two)
+    assert q.classes_covered == 2
+    assert q.inception_score == pytest.approx(2.0, abs=0.15)
+
+
+def test_noise_is_far_from_real(meter):
+    noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert meter.measure(noise).fid > 500
+
+
+def test_too_few_samples(meter, test_set):
+    with pytest.raises(QualityError, match="too few"):
+        meter.measure(test_set[0][:MIN_SAMPLES - 1])
+
+
+def test_measuring_leaves_the_global_rng_alone(meter, test_set):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    meter.measure(test_set[0][:300])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_corrupt_or_missing_classifier_weights(tmp_path):
+    with pytest.raises(EvaluatorError, match="missing"):
+        load_classifier(tmp_path / "none.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(EvaluatorError, match="unreadable or of the wrong shape"):
+        load_classifier(bad)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv.0.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(EvaluatorError, match="wrong shape"):
+        load_classifier(wrong)
+
+
+def test_packaged_weights_are_checksummed(tmp_path, monkeypatch):
+    import dcgan.evaluator as evaluator
+
+    copy = tmp_path / "copy.pt"
+    shutil.copy(WEIGHTS_PATH, copy)
+    data = bytearray(copy.read_bytes())
+    data[-10] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    monkeypatch.setattr(evaluator, "WEIGHTS_PATH", copy)
+    with pytest.raises(EvaluatorError, match="corrupt: SHA-256"):
+        evaluator.load_classifier()
+
+
+def test_evaluate_cli_on_a_trained_run(finished_run, tmp_path):
+    gen = finished_run.out / "dcgan_generator_final.pth"
+    proc = run_cli(["evaluate", "--generator", str(gen), "--n", "300",
+                    "--json", str(tmp_path / "q.json")])
+    assert proc.returncode == 0, proc.stderr
+    assert "FID" in proc.stdout and "Inception Score" in proc.stdout
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert q["n"] == 300 and q["classifier"] == "mnist-cnn-v1"
+    assert 1.0 <= q["inception_score"] <= 10.0 and len(q["class_fractions"]) == 10
+
+
+def test_evaluate_reference_floor(tmp_path):
+    proc = run_cli(["evaluate", "--reference", "real", "--n", "2000",
+                    "--json", str(tmp_path / "r.json")])
+    assert proc.returncode == 0, proc.stderr
+    q = json.loads((tmp_path / "r.json").read_text())
+    assert q["fid"] < 20 and q["classes_covered"] == 10
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--n", "100"], 2, "too small"),
+    (["--classifier", "/nonexistent.pt"], 1, "missing"),
+    (["--generator-wrong"], 2, "unrecognized"),
+])
+def test_evaluate_bad_input(finished_run, args, code, needle):
+    gen = finished_run.out / "dcgan_generator_final.pth"
+    proc = run_cli(["evaluate", "--generator", str(gen), *args])
+    assert proc.returncode == code
+    assert needle in one_line_error(proc)
+
+
+def test_evaluate_wrong_generator(finished_run):
+    disc = finished_run.out / "dcgan_discriminator_final.pth"
+    proc = run_cli(["evaluate", "--generator", str(disc)])
+    assert proc.returncode == 1 and "Generator" in one_line_error(proc)
+
+
+def test_training_records_quality(finished_run):
+    import pyarrow.parquet as pq
+
+    out, stdout = finished_run.out, finished_run.proc.stdout
+    rows = pq.read_table(out / "dcgan_eval_stats.parquet").to_pylist()
+    assert [r["step"] for r in rows] == [8, 16]  # every epoch; the end is the last epoch
+    assert all(r["n"] == 200 and r["fid"] > 0 for r in rows)
+    assert "quality (200 samples): FID" in stdout
+    assert "Sample quality (step 16, 200 samples" in stdout
+    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    assert info["quality"]["step"] == 16 and len(info["evaluations"]) == 2

@@ -127,20 +127,29 @@ class SampleWriter(Callback):
 class Checkpointer(Callback):
     """Full-state checkpoints (every ``checkpoint_every`` epochs, every
     ``checkpoint_every_steps`` steps, and when training stops) plus the seed's per-epoch
-    weight files. The stats file is rewritten with every full state so the two agree."""
+    weight files. The stats file is rewritten with every full state so the two agree.
 
-    def __init__(self, run_dir: Path, write: Callable[[str], None] = print):
+    ``persist`` is where a state goes: ``RUN_DIR/checkpoints`` here; distributed mode
+    overrides it to report the state to Ray Train (on every rank, rank 0 writing files)."""
+
+    def __init__(self, run_dir: Path, write: Callable[[str], None] = print,
+                 writes_files: bool = True):
         self.run_dir = Path(run_dir)
         self.write = write
+        self.writes_files = writes_files
         self.last_path: Path | None = None
         self._saved_step = -1
 
-    def save(self, trainer: Trainer) -> Path:
-        if self._saved_step == trainer.step and self.last_path is not None:
+    def persist(self, trainer: Trainer, state: dict) -> Path:
+        return save_state(self.run_dir, state)
+
+    def save(self, trainer: Trainer) -> Path | None:
+        if self._saved_step == trainer.step:
             return self.last_path
         state = trainer.state_dict()
-        self.last_path = save_state(self.run_dir, state)
-        trainer.stats.write_parquet(self.run_dir / STATS_FILE)
+        self.last_path = self.persist(trainer, state)
+        if self.writes_files:
+            trainer.stats.write_parquet(self.run_dir / STATS_FILE)
         self._saved_step = trainer.step
         return self.last_path
 
@@ -153,20 +162,23 @@ class Checkpointer(Callback):
         every = trainer.cfg.checkpoint_every
         done = trainer.step // trainer.batches_per_epoch  # epochs completed
         if every and done % every == 0:
-            save_torch(_state_cpu(trainer.generator),
-                       self.run_dir / f"dcgan_generator_epoch_{done}.pth")
-            save_torch(_state_cpu(trainer.discriminator),
-                       self.run_dir / f"dcgan_discriminator_epoch_{done}.pth")
+            if self.writes_files:
+                save_torch(_state_cpu(trainer.generator),
+                           self.run_dir / f"dcgan_generator_epoch_{done}.pth")
+                save_torch(_state_cpu(trainer.discriminator),
+                           self.run_dir / f"dcgan_discriminator_epoch_{done}.pth")
             path = self.save(trainer)
-            self.write(f"Checkpoint after epoch {done}: {path.relative_to(self.run_dir)}")
+            if self.writes_files:
+                self.write(f"Checkpoint after epoch {done}: {path}")
 
     def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
         if outcome is Outcome.DIVERGED:
             # Keep the last good checkpoint; record the stats that show the divergence.
-            trainer.stats.write_parquet(self.run_dir / STATS_FILE)
+            if self.writes_files:
+                trainer.stats.write_parquet(self.run_dir / STATS_FILE)
             return
         path = self.save(trainer)
-        if outcome is Outcome.INTERRUPTED:
+        if outcome is Outcome.INTERRUPTED and self.writes_files:
             self.write(f"Stopped ({trainer.stop_requested}) at step {trainer.step}; state saved "
                        f"to {path}. Resume with: dcgan train --out {self.run_dir} --resume")
 

@@ -56,6 +56,9 @@ class TrainConfig:
     # Sample quality (FID/IS with the fixed MNIST classifier, docs/evaluation.md).
     eval_every: int = 1  # evaluate every N epochs and at the end (0 = off)
     eval_samples: int = 2000  # generated images per evaluation (>= 129 for FID's covariance)
+    # Distributed mode (dcgan train-distributed); ignored by local runs.
+    sync_batchnorm: str = "auto"  # auto (on for GPU workers), true, false; CPUs cannot sync BN
+    max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
 
     def __post_init__(self) -> None:
         validate(self)
@@ -98,7 +101,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "latent_dim", "log_every"):
         _require(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     for key in ("sample_every", "checkpoint_every", "checkpoint_every_steps", "train_subset",
-                "max_steps", "seed", "eval_every"):
+                "max_steps", "seed", "eval_every", "max_failures"):
         _require(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
     # FID's 128-d feature covariance needs more samples than dimensions (dcgan.quality).
     _require(cfg.eval_samples >= 129, "eval_samples", "must be >= 129", cfg.eval_samples)
@@ -109,6 +112,8 @@ def validate(cfg: TrainConfig) -> None:
              "must be one of auto, cpu, cuda, cuda:N", cfg.device)
     _require(cfg.precision in PRECISIONS, "precision", "must be one of fp32, bf16, fp16",
              cfg.precision)
+    _require(cfg.sync_batchnorm in ("auto", "true", "false"), "sync_batchnorm",
+             "must be one of auto, true, false", cfg.sync_batchnorm)
     _require(bool(cfg.data_dir.strip()), "data_dir", "must not be empty", cfg.data_dir)
 
 

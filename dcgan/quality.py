@@ -67,8 +67,11 @@ class QualityMeter:
         self.clf = classifier.eval()
         self.device = next(classifier.parameters()).device
         self.batch = batch
+        # sync_on_compute=False: under DDP only rank 0 evaluates; torchmetrics must not wait
+        # for the other ranks to join a gather.
         self.fid = FrechetInceptionDistance(feature=_Precomputed(), reset_real_features=False,
-                                            input_img_size=(FEATURE_DIM,)).to(self.device)
+                                            input_img_size=(FEATURE_DIM,),
+                                            sync_on_compute=False).to(self.device)
         with torch.no_grad():
             for chunk in real.split(batch):
                 self.fid.update(self.clf.features(chunk.to(self.device).float()), real=True)
@@ -86,8 +89,8 @@ class QualityMeter:
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             torch.manual_seed(0)
             self.fid.reset()
-            inception = InceptionScore(feature=_Precomputed(self.clf.head),
-                                       splits=IS_SPLITS).to(self.device)
+            inception = InceptionScore(feature=_Precomputed(self.clf.head), splits=IS_SPLITS,
+                                       sync_on_compute=False).to(self.device)
             probs = []
             for chunk in fake.split(self.batch):
                 features = self.clf.features(chunk.to(self.device).float())

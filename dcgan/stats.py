@@ -7,6 +7,7 @@ training loop never waits for the device just to record a number.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +24,11 @@ _INT_COLUMNS = ("step", "epoch", "batch")
 
 
 class TrainingStats:
-    def __init__(self) -> None:
+    """``reduce`` (distributed mode) turns each rank's pending metrics into the mean over
+    ranks; it is a collective, so every rank must flush at the same steps."""
+
+    def __init__(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.reduce = reduce
         self.columns: dict[str, list] = {c: [] for c in COLUMNS}
         self.evals: list[dict] = []  # sample-quality rows (step, epoch, fid, ...), if any
         self._pending: list[tuple[int, int, int, float, torch.Tensor]] = []
@@ -39,7 +44,10 @@ class TrainingStats:
         """Move pending rows to the host (one device sync) and return them as dicts."""
         if not self._pending:
             return []
-        values = torch.stack([p[4] for p in self._pending]).cpu().tolist()
+        stacked = torch.stack([p[4] for p in self._pending])
+        if self.reduce is not None:
+            stacked = self.reduce(stacked)
+        values = stacked.cpu().tolist()
         rows = []
         for (step, epoch, batch, elapsed, _), vals in zip(self._pending, values, strict=True):
             row = {"step": step, "epoch": epoch, "batch": batch,

@@ -66,7 +66,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device, *,
                  callbacks: Sequence[Callback] = (), rank: int = 0, world_size: int = 1,
                  wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-                 step_fn: StepFn = gan_step):
+                 step_fn: StepFn = gan_step,
+                 reduce_metrics: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.cfg = cfg
         self.device = device
         self.rank, self.world_size = rank, world_size
@@ -103,7 +104,7 @@ class Trainer:
         self.step = 0  # completed steps; the next step's index
         self.epoch = 0  # epoch of the last completed step
         self.batch = -1  # batch index (in its epoch) of the last completed step
-        self.stats = TrainingStats()
+        self.stats = TrainingStats(reduce_metrics)
         self.stop_requested: str | None = None  # set by a signal handler
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
@@ -143,7 +144,7 @@ class Trainer:
                     metrics = self.step_fn(self.parts, real, z)
                     self.stats.record(self.step, epoch, batch, self.elapsed(), metrics)
                     self.step, self.epoch, self.batch = self.step + 1, epoch, batch
-                    if batch % cfg.log_every == 0 or batch == bpe - 1:
+                    if self._flush_point(batch):
                         self.flush()
                     for cb in self.callbacks:
                         cb.on_step_end(self)
@@ -160,6 +161,13 @@ class Trainer:
             raise
         self._finish(outcome)
         return outcome
+
+    def _flush_point(self, batch: int) -> bool:
+        """Steps after which stats reach the host: the same on every rank, and covering every
+        step at which a callback may save state, so a callback never starts a collective."""
+        every = self.cfg.checkpoint_every_steps
+        return (batch % self.cfg.log_every == 0 or batch == self.batches_per_epoch - 1
+                or bool(every and self.step % every == 0) or self.step >= self.total_steps)
 
     def _finish(self, outcome: Outcome) -> None:
         for cb in self.callbacks:
@@ -187,7 +195,10 @@ class Trainer:
             "elapsed": self.elapsed(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint",
+                        restore_rng: bool = True) -> None:
+        """Restore a full state. ``restore_rng=False`` (other ranks than the one that saved)
+        reseeds noise and dropout from (seed, rank, step) instead: deterministic, per rank."""
         saved = state["config"]
         for key in RESUME_LOCKED_KEYS:
             if saved.get(key) != getattr(self.cfg, key):
@@ -213,11 +224,11 @@ class Trainer:
         self.epoch, self.batch = divmod(self.step - 1, self.batches_per_epoch)
         self._elapsed_before = float(state["elapsed"])
         rng = state["rng"]
-        if rng.get("device_type") == self.device.type:
+        if restore_rng and rng.get("device_type") == self.device.type:
             torch.set_rng_state(rng["torch"])
             if rng.get("cuda") is not None:
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
             self.noise_gen.set_state(rng["noise"])
-        else:  # a CPU checkpoint resumed on a GPU (or back): deterministic, not bit-exact
+        else:  # another rank's or device's state: deterministic, not bit-exact
             torch.manual_seed(derive_seed(self.cfg.seed, "dropout", self.rank, self.step))
             self.noise_gen.manual_seed(derive_seed(self.cfg.seed, "noise", self.rank, self.step))

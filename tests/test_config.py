@@ -20,7 +20,8 @@ def test_exactly_the_documented_keys():
         "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "latent_dim",
         "label_smoothing", "dropout", "sample_every", "checkpoint_every",
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
-        "max_steps", "precision", "eval_every", "eval_samples"]
+        "max_steps", "precision", "eval_every", "eval_samples", "sync_batchnorm",
+        "max_failures"]
 
 
 def test_data_dir_env_replaces_only_the_default(monkeypatch, tmp_path):
@@ -72,6 +73,8 @@ def test_saved_config_round_trips(tmp_path):
     ("data_dir=", "data_dir", "empty"),
     ("eval_every=-1", "eval_every", ">= 0"),
     ("eval_samples=128", "eval_samples", ">= 129"),
+    ("sync_batchnorm=maybe", "sync_batchnorm", "auto, true, false"),
+    ("max_failures=-1", "max_failures", ">= 0"),
     ("epochs=2.5", "epochs", "integer"),
     ("batch_size=lots", "batch_size", "integer"),
     ("g_lr=fast", "g_lr", "number"),

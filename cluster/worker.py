@@ -1,0 +1,117 @@
+"""What runs inside each Ray Train worker: the same ``Trainer`` as local mode, with DDP
+wrapping, a data shard, rank-averaged statistics and rank-0-only side effects injected."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dcgan.callbacks import (
+    Checkpointer,
+    ConsoleLogger,
+    FinalArtifacts,
+    QualityEvaluator,
+    SampleWriter,
+    StatsWriter,
+)
+from dcgan.checkpoint import load_state, save_torch
+from dcgan.config import TrainConfig
+from dcgan.data import load_mnist, to_model_range
+from dcgan.report import DiagnosticsReporter
+from dcgan.trainer import Callback, Trainer
+
+STATE_FILE = "state.pt"
+
+
+def use_sync_batchnorm(cfg: TrainConfig, device: torch.device) -> bool:
+    # PyTorch's SyncBatchNorm only works on GPU modules.
+    return device.type == "cuda" and cfg.sync_batchnorm != "false"
+
+
+def make_wrapper(device: torch.device, sync_bn: bool):
+    """DDP for one network. ``broadcast_buffers=False``: D runs two forwards (real, fake)
+    before its backward, which the default buffer broadcast turns into an in-place error on
+    recent PyTorch (DESIGN.md section 3); BatchNorm statistics stay per rank, or are
+    synchronised across ranks by SyncBatchNorm on GPUs."""
+    from ray.train.torch import prepare_model
+
+    def wrap(module: nn.Module) -> nn.Module:
+        if sync_bn:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return prepare_model(module, move_to_device=False,
+                             parallel_strategy_kwargs={"broadcast_buffers": False})
+
+    return wrap
+
+
+def _mean_over_ranks(metrics: torch.Tensor) -> torch.Tensor:
+    metrics = metrics.clone()
+    dist.all_reduce(metrics, op=dist.ReduceOp.SUM)
+    return metrics / dist.get_world_size()
+
+
+class RayCheckpointer(Checkpointer):
+    """Reports full states to Ray Train (a barrier: every rank calls it the same number of
+    times). Rank 0 puts the state in the checkpoint; Ray keeps it under the run's storage."""
+
+    def persist(self, trainer: Trainer, state: dict) -> Path | None:
+        import ray.train
+
+        metrics = {"step": trainer.step, "epoch": trainer.step / trainer.batches_per_epoch}
+        if not self.writes_files:
+            ray.train.report(metrics, checkpoint=None)
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            save_torch(state, Path(tmp) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        return Path(f"ray checkpoint at step {trainer.step}")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    global_cfg = TrainConfig(**config["config"])
+    cfg = global_cfg.replace(batch_size=global_cfg.batch_size // world)
+    run_dir = Path(config["run_dir"])
+    is_writer = rank == 0
+    sync_bn = use_sync_batchnorm(cfg, device)
+
+    images, _ = load_mnist(cfg.data_dir, subset=cfg.train_subset)
+    write = print
+    callbacks: list[Callback] = []
+    if is_writer:
+        from dcgan.quality import build_meter
+
+        callbacks += [ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every)]
+        if cfg.eval_every:
+            callbacks.append(QualityEvaluator(run_dir, build_meter(cfg.data_dir, device), write))
+    callbacks.append(RayCheckpointer(run_dir, write, writes_files=is_writer))
+    if is_writer:
+        callbacks += [StatsWriter(run_dir), DiagnosticsReporter(run_dir, write),
+                      FinalArtifacts(run_dir)]
+
+    trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, rank=rank,
+                      world_size=world, wrap_model=make_wrapper(device, sync_bn),
+                      reduce_metrics=_mean_over_ranks)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_state(Path(directory) / STATE_FILE)
+        # Only rank 0's RNG states are saved; the others reseed from (seed, rank, step).
+        trainer.load_state_dict(state, source="ray checkpoint", restore_rng=is_writer)
+        if is_writer:
+            print(f"Restored from the checkpoint at step {trainer.step}")
+    if is_writer:
+        print(f"Worker group: {world} worker(s) on {device.type}, batch {cfg.batch_size} per "
+              f"worker ({global_cfg.batch_size} global), SyncBatchNorm "
+              f"{'on' if sync_bn else 'off (CPU workers: per-rank BatchNorm statistics)'}")
+    trainer.fit()

@@ -67,12 +67,17 @@ def check_storage(storage: str) -> str:
 def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto",
                       address: str | None = None, storage: str | None = None,
                       name: str | None = None, config_path: str | None = None,
-                      overrides: list[str] | None = None, cpus_per_worker: float = 1.0,
+                      overrides: list[str] | None = None, cpus_per_worker: float | None = None,
                       gpus_per_worker: float = 1.0) -> dict:
+    """``cpus_per_worker`` None: a local instance splits this machine's cores between the
+    workers (torch then uses that many threads per worker); on a cluster, 1."""
+    started_at = time.time()
     run_dir = Path(run_dir).resolve()
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     cfg: TrainConfig = load_config(config_path, overrides or [])
+    # Ray workers do not run in this directory: make a relative data_dir absolute.
+    cfg = cfg.replace(data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
     if cfg.batch_size % workers:
         raise ConfigError("batch_size", f"the global batch {cfg.batch_size} does not divide "
                                         f"evenly over {workers} workers")
@@ -85,6 +90,10 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address)
+    if cpus_per_worker is None:
+        cpus_per_worker = 1.0 if address else float(max(1, (os.cpu_count() or 1) // workers))
+    if cpus_per_worker <= 0:
+        raise ConfigError("--cpus-per-worker", f"must be > 0 (got {cpus_per_worker})")
     name = name or run_dir.name
     storage = check_storage(storage or str(run_dir / "ray"))
     load_mnist(cfg.data_dir, subset=cfg.train_subset)  # clear data errors before Ray starts
@@ -93,11 +102,12 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     return _run(cfg, run_dir, workers, gpu, address, storage, name, cpus_per_worker,
-                gpus_per_worker)
+                gpus_per_worker, started_at)
 
 
 def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str | None,
-         storage: str, name: str, cpus_per_worker: float, gpus_per_worker: float) -> dict:
+         storage: str, name: str, cpus_per_worker: float, gpus_per_worker: float,
+         started_at: float) -> dict:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -117,7 +127,9 @@ def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str 
         per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpu else {})}
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir)},
+            train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir),
+                               "started_at": started_at,
+                               "threads": max(1, int(cpus_per_worker))},
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                          resources_per_worker=per_worker),

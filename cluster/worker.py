@@ -3,7 +3,9 @@ wrapping, a data shard, rank-averaged statistics and rank-0-only side effects in
 
 from __future__ import annotations
 
+import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,15 @@ from dcgan.callbacks import (
     SampleWriter,
     StatsWriter,
 )
-from dcgan.checkpoint import load_state, save_torch
+from dcgan.checkpoint import load_state, save_torch, with_header
 from dcgan.config import TrainConfig
 from dcgan.data import load_mnist, to_model_range
+from dcgan.io import atomic_write_text
 from dcgan.report import DiagnosticsReporter
 from dcgan.trainer import Callback, Trainer
 
 STATE_FILE = "state.pt"
+TIMING_FILE = "dcgan_timing.json"
 
 
 def use_sync_batchnorm(cfg: TrainConfig, device: torch.device) -> bool:
@@ -67,15 +71,33 @@ class RayCheckpointer(Checkpointer):
             ray.train.report(metrics, checkpoint=None)
             return None
         with tempfile.TemporaryDirectory() as tmp:
-            save_torch(state, Path(tmp) / STATE_FILE)
+            save_torch(with_header(state), Path(tmp) / STATE_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         return Path(f"ray checkpoint at step {trainer.step}")
+
+
+class StartupTimer(Callback):
+    """Logs (and writes to ``TIMING_FILE``) how long after the command started the first
+    training step finished: Ray start, worker placement, process group, data loading."""
+
+    def __init__(self, run_dir: Path, started_at: float | None):
+        self.run_dir, self.started_at, self.done = run_dir, started_at, False
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.done or self.started_at is None:
+            return
+        self.done = True
+        seconds = time.time() - self.started_at
+        print(f"First training step done {seconds:.1f}s after the command started")
+        atomic_write_text(self.run_dir / TIMING_FILE,
+                          json.dumps({"start_to_first_step_s": seconds}) + "\n")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    torch.set_num_threads(config.get("threads", 1))  # the CPUs Ray reserved for this worker
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -91,7 +113,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if is_writer:
         from dcgan.quality import build_meter
 
-        callbacks += [ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every)]
+        callbacks += [StartupTimer(run_dir, config.get("started_at")),
+                      ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every)]
         if cfg.eval_every:
             callbacks.append(QualityEvaluator(run_dir, build_meter(cfg.data_dir, device), write))
     callbacks.append(RayCheckpointer(run_dir, write, writes_files=is_writer))

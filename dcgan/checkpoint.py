@@ -60,10 +60,15 @@ def list_states(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def with_header(state: dict[str, Any]) -> dict[str, Any]:
+    """A trainer state as a full-state checkpoint (format marker and version)."""
+    return {"format": FORMAT, "version": VERSION, **state}
+
+
 def save_state(run_dir: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` as the newest full-state checkpoint and prune old ones."""
     path = state_path(run_dir, state["step"])
-    save_torch({"format": FORMAT, "version": VERSION, **state}, path)
+    save_torch(with_header(state), path)
     for old in list_states(run_dir)[KEEP_LATEST:]:
         old.unlink(missing_ok=True)
     for leftover in path.parent.glob(".state_step_*.tmp"):  # from a writer killed mid-write

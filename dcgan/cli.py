@@ -72,8 +72,11 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
                         "as NFS or s3:// on multi-node clusters)")
     p.add_argument("--name", help="run name; rerunning with the same name resumes "
                                   "(default: RUN_DIR's name)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--gpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker (default: local instance: cores / workers; "
+                        "cluster: 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="GPUs per worker when using GPUs (default 1)")
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import torch
@@ -111,6 +110,3 @@ def save_gif(frames: torch.Tensor, path: str | Path, frame_ms: int = 120) -> Non
                      duration=frame_ms, loop=0)
     atomic_write_bytes(path, buf.getvalue())
 
-
-def grid_side(n: int) -> int:
-    return max(1, math.ceil(math.sqrt(n)))

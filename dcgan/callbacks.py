@@ -191,14 +191,14 @@ class QualityEvaluator(Callback):
         self.run_dir, self.meter, self.write = Path(run_dir), meter, write
 
     def evaluate(self, trainer: Trainer) -> None:
-        from dcgan.quality import generate_many
+        from dcgan.generation import sample
         from dcgan.trainer import derive_seed
 
         evals = trainer.stats.evals
         if evals and evals[-1]["step"] == trainer.step:
             return
         cfg = trainer.cfg
-        images = generate_many(trainer.generator, cfg.eval_samples, derive_seed(cfg.seed, "eval"))
+        images = sample(trainer.generator, cfg.eval_samples, derive_seed(cfg.seed, "eval"))
         quality = self.meter.measure(images)
         epochs = trainer.step / trainer.batches_per_epoch
         evals.append({"step": trainer.step, "epoch": round(epochs, 4), **quality.to_dict()})

@@ -217,7 +217,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from dcgan.config import TrainConfig
     from dcgan.io import atomic_write_text
-    from dcgan.quality import MIN_SAMPLES, QualityError, build_meter, generate_many
+    from dcgan.quality import MIN_SAMPLES, QualityError, build_meter
 
     if args.n < MIN_SAMPLES:
         raise QualityError(f"--n {args.n} is too small: FID needs more samples than its feature "
@@ -225,11 +225,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or TrainConfig().data_dir
     device = _device(args.device)
     if args.generator:
-        from dcgan.generation import load_generator
+        from dcgan.generation import load_generator, sample
 
-        g = load_generator(args.generator, device)
+        g = load_generator(args.generator, device)  # a bad file fails before the slow part
         meter = build_meter(data_dir, device, args.classifier)
-        images, what = generate_many(g, args.n, args.seed), args.generator
+        images, what = sample(g, args.n, args.seed), args.generator
     else:
         meter = build_meter(data_dir, device, args.classifier)
         if args.reference == "real":

@@ -6,11 +6,13 @@ import io
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dcgan.checkpoint import FORMAT, load_torch
 from dcgan.errors import CheckpointError
 from dcgan.io import atomic_write_bytes
 from dcgan.models import Generator
+from dcgan.samples import generate
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
@@ -40,10 +42,16 @@ def latent(n: int, latent_dim: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(g: Generator, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` images (N, 1, 28, 28) in [-1, 1] from seeded noise."""
+def sample(g: nn.Module, n: int, seed: int = 0, batch: int = 1000) -> torch.Tensor:
+    """``n`` images (N, 1, 28, 28) in [-1, 1] on the CPU from noise seeded by ``seed``, in
+    batches of ``batch``; eval-mode generator, global RNGs untouched (safe mid-training)."""
     device = next(g.parameters()).device
-    return g(latent(n, g.latent_dim, seed).to(device)).float().cpu()
+    noise = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        z = torch.randn(min(batch, n - i), g.latent_dim, generator=noise).to(device)
+        out.append(generate(g, z).cpu())
+    return torch.cat(out)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -109,21 +109,6 @@ class QualityMeter:
             mean_confidence=float(p.max(1).values.mean()))
 
 
-@torch.no_grad()
-def generate_many(generator: nn.Module, n: int, seed: int, batch: int = 1000) -> torch.Tensor:
-    """``n`` samples from seeded noise, generator in eval mode, without touching global RNGs."""
-    from dcgan.samples import generate
-
-    device = next(generator.parameters()).device
-    latent_dim = generator.latent_dim
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, n, batch):
-        z = torch.randn(min(batch, n - i), latent_dim, generator=gen).to(device)
-        out.append(generate(generator, z).cpu())
-    return torch.cat(out)
-
-
 def build_meter(data_dir: str, device: str | torch.device = "cpu",
                 classifier: str | None = None) -> QualityMeter:
     """The classifier and the MNIST test set's reference statistics."""

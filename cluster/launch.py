@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from dcgan.config import TrainConfig, load_config, save_config
-from dcgan.data import load_mnist
+from dcgan.data import check_mnist
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 
 CONNECT_TIMEOUT_S = 5.0
@@ -96,7 +96,7 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
         raise ConfigError("--cpus-per-worker", f"must be > 0 (got {cpus_per_worker})")
     name = name or run_dir.name
     storage = check_storage(storage or str(run_dir / "ray"))
-    load_mnist(cfg.data_dir, subset=cfg.train_subset)  # clear data errors before Ray starts
+    check_mnist(cfg.data_dir, subset=cfg.train_subset)  # clear data errors before Ray starts
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} exists and is not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)

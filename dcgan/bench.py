@@ -45,9 +45,9 @@ def run_baseline(data_dir: str, batch_size: int, warmup: int, steps: int,
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from dcgan.data import load_mnist
+    from dcgan.data import check_mnist
 
-    load_mnist(data_dir)  # same checks (and download) as the trainer
+    check_mnist(data_dir)  # same checks (and download) as the trainer
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     loader = DataLoader(datasets.MNIST(data_dir, train=True, transform=tf), batch_size=batch_size,
                         shuffle=True, drop_last=True)

@@ -87,22 +87,28 @@ def _download(data_dir: Path, raw: Path, missing: str) -> None:
             f"({reason[:160]}): {HOW_TO_PROVIDE.format(raw=raw)}") from None
 
 
+def check_mnist(data_dir: str | Path, train: bool = True, subset: int = 0) -> None:
+    """Everything ``load_mnist`` checks (download if absent, complete IDX files, subset size)
+    without reading the images: for drivers that only need to fail fast."""
+    files = TRAIN_FILES if train else TEST_FILES
+    _ensure_files(Path(data_dir), files)
+    available = next(iter(files.values()))[1][0]
+    if subset > available:
+        raise DataError(f"train_subset={subset} but MNIST has only {available} images")
+
+
 def load_mnist(data_dir: str | Path, train: bool = True,
                subset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images uint8 (N, 28, 28), labels int64 (N,)): the first ``subset`` if > 0."""
     from torchvision.datasets import MNIST
 
     data_dir = Path(data_dir)
-    files = TRAIN_FILES if train else TEST_FILES
-    _ensure_files(data_dir, files)
+    check_mnist(data_dir, train, subset)
     try:
         ds = MNIST(root=str(data_dir), train=train, download=False)
     except Exception as exc:
         raise DataError(f"torchvision could not read MNIST in {raw_dir(data_dir)}: {exc}") from None
     images, labels = ds.data, ds.targets
-    available = images.shape[0]
-    if subset > available:
-        raise DataError(f"train_subset={subset} but MNIST has only {available} images")
     if subset:
         images, labels = images[:subset], labels[:subset]
     return images, labels

@@ -13,19 +13,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dcgan.callbacks import (
-    Checkpointer,
-    ConsoleLogger,
-    FinalArtifacts,
-    QualityEvaluator,
-    SampleWriter,
-    StatsWriter,
-)
+from dcgan.callbacks import Checkpointer
 from dcgan.checkpoint import load_state, save_torch, with_header
 from dcgan.config import TrainConfig
 from dcgan.data import load_mnist, to_model_range
 from dcgan.io import atomic_write_text
-from dcgan.report import DiagnosticsReporter
+from dcgan.run import file_writing_callbacks
 from dcgan.trainer import Callback, Trainer
 
 STATE_FILE = "state.pt"
@@ -108,19 +101,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sync_bn = use_sync_batchnorm(cfg, device)
 
     images, _ = load_mnist(cfg.data_dir, subset=cfg.train_subset)
-    write = print
-    callbacks: list[Callback] = []
-    if is_writer:
-        from dcgan.quality import build_meter
-
-        callbacks += [StartupTimer(run_dir, config.get("started_at")),
-                      ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every)]
-        if cfg.eval_every:
-            callbacks.append(QualityEvaluator(run_dir, build_meter(cfg.data_dir, device), write))
-    callbacks.append(RayCheckpointer(run_dir, write, writes_files=is_writer))
-    if is_writer:
-        callbacks += [StatsWriter(run_dir), DiagnosticsReporter(run_dir, write),
-                      FinalArtifacts(run_dir)]
+    # Every rank reports checkpoints (a barrier); rank 0 alone writes RUN_DIR.
+    checkpointer = RayCheckpointer(run_dir, print, writes_files=is_writer)
+    callbacks: list[Callback] = (
+        [StartupTimer(run_dir, config.get("started_at")),
+         *file_writing_callbacks(run_dir, cfg, device, print, checkpointer)]
+        if is_writer else [checkpointer])
 
     trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, rank=rank,
                       world_size=world, wrap_model=make_wrapper(device, sync_bn),

@@ -10,9 +10,11 @@ import contextlib
 import shutil
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dcgan.callbacks import (
     Checkpointer,
@@ -24,7 +26,7 @@ from dcgan.callbacks import (
     StatsWriter,
 )
 from dcgan.checkpoint import CHECKPOINT_DIR, list_states, load_latest_state
-from dcgan.config import load_config, save_config
+from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.data import load_mnist, to_model_range
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
@@ -43,6 +45,18 @@ def run_artifacts(run_dir: Path) -> list[Path]:
     if (run_dir / CHECKPOINT_DIR).is_dir():
         found.append(run_dir / CHECKPOINT_DIR)
     return sorted(set(found))
+
+
+def file_writing_callbacks(run_dir: Path, cfg: TrainConfig, device: torch.device,
+                           write: Callable[[str], None], checkpointer: Callback) -> list[Callback]:
+    """The side effects of the process that writes RUN_DIR (local mode; rank 0 of a
+    distributed run), in the order they must run: quality before the checkpoint that keeps
+    it, diagnostics after both. Builds the quality meter now, so its inputs fail early."""
+    meter = build_meter(cfg.data_dir, device) if cfg.eval_every else None
+    quality = [QualityEvaluator(run_dir, meter, write)] if meter is not None else []
+    return [ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), *quality,
+            checkpointer, StatsWriter(run_dir), DiagnosticsReporter(run_dir, write),
+            FinalArtifacts(run_dir)]
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -93,14 +107,11 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
     device = resolve_device(cfg)
 
     images, _ = load_mnist(cfg.data_dir, train=True, subset=cfg.train_subset)
-    meter = build_meter(cfg.data_dir, device) if cfg.eval_every else None
     bar = ProgressBar(progress)
     write = bar.writer()
     checkpointer = Checkpointer(run_dir, write)
-    quality = [QualityEvaluator(run_dir, meter, write)] if meter is not None else []
     callbacks: list[Callback] = [
-        bar, ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), *quality, checkpointer,
-        StatsWriter(run_dir), DiagnosticsReporter(run_dir, write), FinalArtifacts(run_dir),
+        bar, *file_writing_callbacks(run_dir, cfg, device, write, checkpointer),
         *extra_callbacks]
     kwargs = {"step_fn": step_fn} if step_fn is not None else {}
     trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, **kwargs)

@@ -126,7 +126,7 @@ def _newest_generator(run_dir: Path) -> Path | None:
 
     states = list_states(run_dir)
     epochs = sorted(run_dir.glob("dcgan_generator_epoch_*.pth"), key=lambda p: p.stat().st_mtime)
-    candidates = [p for p in (states[:1] + epochs[-1:]) if p]
+    candidates = states[:1] + epochs[-1:]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 

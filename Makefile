@@ -10,7 +10,13 @@ SMOKE_RUN ?= runs/smoke
 WORKERS ?= 2
 DIST_RUN ?= runs/distributed
 
-.PHONY: install train train-distributed smoke test lint bench clean
+# Prometheus metrics of train / train-distributed (0: off). `make monitor` scrapes this port.
+METRICS_PORT ?= 0
+METRICS_HOST ?= 127.0.0.1
+MONITOR_TARGET ?= 127.0.0.1:9100
+MONITOR_LISTEN ?= 127.0.0.1:9090
+
+.PHONY: install train train-distributed smoke test lint bench monitor prometheus clean
 
 install: $(STAMP)
 
@@ -24,13 +30,15 @@ $(STAMP): pyproject.toml
 # interrupted run in $(RUN) instead of refusing it.
 train: install
 	$(BIN)/dcgan train --out $(RUN) --config configs/seed.yaml \
-		$(if $(wildcard $(RUN)/checkpoints/state_step_*.pt),--resume) $(TRAIN_ARGS)
+		$(if $(wildcard $(RUN)/checkpoints/state_step_*.pt),--resume) \
+		--metrics-port $(METRICS_PORT) --metrics-host $(METRICS_HOST) $(TRAIN_ARGS)
 
 # The same configuration under Ray Train + DDP on $(WORKERS) workers (a local Ray instance
 # unless RAY_ADDRESS is set). Re-running resumes the run of the same name.
 train-distributed: install
 	$(BIN)/dcgan train-distributed --out $(DIST_RUN) --workers $(WORKERS) \
-		--config configs/seed.yaml $(TRAIN_ARGS)
+		--config configs/seed.yaml --metrics-port $(METRICS_PORT) --metrics-host $(METRICS_HOST) \
+		$(TRAIN_ARGS)
 
 # At most 300 steps on a 6,400-image subset: every artifact in about a minute on 2 CPU cores.
 smoke: install
@@ -44,6 +52,15 @@ lint: install
 
 bench: install
 	$(BIN)/dcgan bench
+
+# Prometheus + promtool from Debian's package, where missing (needs root or sudo).
+prometheus:
+	@cluster/prometheus/install.sh
+
+# A local Prometheus with our config and alert rules, scraping $(MONITOR_TARGET), e.g. a run
+# started with `make train METRICS_PORT=9100`. http://$(MONITOR_LISTEN); Ctrl-C stops it.
+monitor: install prometheus
+	$(BIN)/python -m cluster.monitor --target $(MONITOR_TARGET) --listen $(MONITOR_LISTEN)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

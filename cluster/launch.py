@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.data import check_mnist
 from dcgan.errors import ConfigError, DCGANError, RunDirError
+from dcgan.metrics import check_metrics_args
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -68,13 +69,15 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
                       address: str | None = None, storage: str | None = None,
                       name: str | None = None, config_path: str | None = None,
                       overrides: list[str] | None = None, cpus_per_worker: float | None = None,
-                      gpus_per_worker: float = 1.0) -> dict:
+                      gpus_per_worker: float = 1.0, metrics_host: str = "127.0.0.1",
+                      metrics_port: int = 0) -> dict:
     """``cpus_per_worker`` None: a local instance splits this machine's cores between the
     workers (torch then uses that many threads per worker); on a cluster, 1."""
     started_at = time.time()
     run_dir = Path(run_dir).resolve()
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
+    check_metrics_args(metrics_host, metrics_port)
     cfg: TrainConfig = load_config(config_path, overrides or [])
     # Ray workers do not run in this directory: make a relative data_dir absolute.
     cfg = cfg.replace(data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
@@ -102,16 +105,17 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     return _run(cfg, run_dir, workers, gpu, address, storage, name, cpus_per_worker,
-                gpus_per_worker, started_at)
+                gpus_per_worker, started_at, (metrics_host, metrics_port))
 
 
 def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str | None,
          storage: str, name: str, cpus_per_worker: float, gpus_per_worker: float,
-         started_at: float) -> dict:
+         started_at: float, metrics: tuple[str, int]) -> dict:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cluster.metrics_hub import start_hub
     from cluster.worker import train_loop_per_worker
 
     t0 = time.perf_counter()
@@ -124,12 +128,17 @@ def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str 
                                                 int(workers * cpus_per_worker) + 1),
                  include_dashboard=False, log_to_driver=True)
     try:
+        loop_config = {"config": cfg.to_dict(), "run_dir": str(run_dir),
+                       "started_at": started_at, "threads": max(1, int(cpus_per_worker))}
+        host, port = metrics
+        if port:
+            loop_config["metrics_hub"], bound = start_hub(name, "distributed", cfg.to_dict(),
+                                                          host, port)
+            print(f"Prometheus metrics of every worker on http://{host}:{bound}/metrics")
         per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpu else {})}
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": cfg.to_dict(), "run_dir": str(run_dir),
-                               "started_at": started_at,
-                               "threads": max(1, int(cpus_per_worker))},
+            train_loop_config=loop_config,
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                          resources_per_worker=per_worker),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cluster.metrics_hub import hub_pusher
 from dcgan.callbacks import Checkpointer
 from dcgan.checkpoint import load_state, save_torch, with_header
 from dcgan.config import TrainConfig
 from dcgan.data import load_mnist, to_model_range
 from dcgan.io import atomic_write_text
+from dcgan.metrics import MetricsCallback
 from dcgan.run import file_writing_callbacks
 from dcgan.trainer import Callback, Trainer
 
@@ -54,12 +57,20 @@ def _mean_over_ranks(metrics: torch.Tensor) -> torch.Tensor:
 
 class RayCheckpointer(Checkpointer):
     """Reports full states to Ray Train (a barrier: every rank calls it the same number of
-    times). Rank 0 puts the state in the checkpoint; Ray keeps it under the run's storage."""
+    times). Rank 0 puts the state in the checkpoint; Ray keeps it under the run's storage.
+    ``metrics`` (rank 0, in a search) adds the trial's metrics to the report."""
+
+    def __init__(self, run_dir: Path, write=print, writes_files: bool = True,
+                 metrics: Callable[[Trainer], dict] | None = None):
+        super().__init__(run_dir, write, writes_files)
+        self.metrics = metrics
 
     def persist(self, trainer: Trainer, state: dict) -> Path | None:
         import ray.train
 
         metrics = {"step": trainer.step, "epoch": trainer.step / trainer.batches_per_epoch}
+        if self.metrics is not None:
+            metrics.update(self.metrics(trainer))
         if not self.writes_files:
             ray.train.report(metrics, checkpoint=None)
             return None
@@ -107,6 +118,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         [StartupTimer(run_dir, config.get("started_at")),
          *file_writing_callbacks(run_dir, cfg, device, print, checkpointer)]
         if is_writer else [checkpointer])
+    if config.get("metrics_hub") is not None:  # every rank reports its own series
+        callbacks.append(MetricsCallback(hub_pusher(config["metrics_hub"])))
 
     trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, rank=rank,
                       world_size=world, wrap_model=make_wrapper(device, sync_bn),

@@ -22,7 +22,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_metrics_args(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve Prometheus metrics on this port (default 0: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address the metrics endpoint listens on (default 127.0.0.1; "
+                        "0.0.0.0 in containers)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -31,7 +40,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     trainer, outcome = train_local(args.out, args.config, args.overrides, resume=args.resume,
                                    overwrite=args.overwrite,
-                                   progress=False if args.no_progress else None)
+                                   progress=False if args.no_progress else None,
+                                   metrics_host=args.metrics_host,
+                                   metrics_port=args.metrics_port)
     if outcome is Outcome.INTERRUPTED:
         return EXIT_INTERRUPTED.get(trainer.stop_requested or "", 1)
     print(f"Artifacts in {args.out}")
@@ -80,6 +91,7 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable)")
+    _add_metrics_args(p)
     p.set_defaults(func=_cmd_train_distributed)
 
 
@@ -89,7 +101,8 @@ def _cmd_train_distributed(args: argparse.Namespace) -> int:
     out = train_distributed(args.out, args.workers, use_gpu=args.use_gpu, address=args.address,
                             storage=args.storage, name=args.name, config_path=args.config,
                             overrides=args.overrides, cpus_per_worker=args.cpus_per_worker,
-                            gpus_per_worker=args.gpus_per_worker)
+                            gpus_per_worker=args.gpus_per_worker,
+                            metrics_host=args.metrics_host, metrics_port=args.metrics_port)
     print(f"Distributed run {out['name']} finished in {out['seconds']:.1f}s at step "
           f"{out['metrics'].get('step')}; checkpoints in {out['storage']}; artifacts in "
           f"{args.out}")

@@ -30,6 +30,7 @@ from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.data import load_mnist, to_model_range
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
+from dcgan.metrics import MetricsCallback, MetricsExporter, check_metrics_args
 from dcgan.quality import build_meter
 from dcgan.report import DiagnosticsReporter
 from dcgan.stats import STATS_FILE
@@ -92,11 +93,14 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 overrides: Sequence[str] = (), resume: bool = False, overwrite: bool = False,
                 extra_callbacks: Sequence[Callback] = (), progress: bool | None = None,
-                step_fn=None) -> tuple[Trainer, Outcome]:
+                step_fn=None, metrics_host: str = "127.0.0.1",
+                metrics_port: int = 0) -> tuple[Trainer, Outcome]:
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, resume, overwrite)
+    check_metrics_args(metrics_host, metrics_port)
 
     state: dict[str, Any] | None = None
+    state_file: Path | None = None
     if resume:
         if not run_dir.is_dir():
             raise RunDirError(f"nothing to resume: {run_dir} does not exist")
@@ -113,11 +117,24 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
     callbacks: list[Callback] = [
         bar, *file_writing_callbacks(run_dir, cfg, device, write, checkpointer),
         *extra_callbacks]
+    with contextlib.ExitStack() as stack:
+        if metrics_port:
+            exporter = MetricsExporter(run_dir.resolve().name, "local", cfg.to_dict())
+            port = exporter.start(metrics_host, metrics_port)
+            stack.callback(exporter.stop)
+            write(f"Prometheus metrics on http://{metrics_host}:{port}/metrics")
+            callbacks.append(MetricsCallback(exporter.apply))
+        return _train(run_dir, cfg, images, device, callbacks, state, state_file, overwrite,
+                      step_fn)
+
+
+def _train(run_dir: Path, cfg: TrainConfig, images: torch.Tensor, device: torch.device,
+           callbacks: list[Callback], state: dict[str, Any] | None, state_file: Path | None,
+           overwrite: bool, step_fn) -> tuple[Trainer, Outcome]:
     kwargs = {"step_fn": step_fn} if step_fn is not None else {}
     trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, **kwargs)
     if state is not None:
         trainer.load_state_dict(state, source=str(state_file))
-        del state
 
     # Inputs are good: only now touch the run directory.
     if overwrite:

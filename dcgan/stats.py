@@ -31,6 +31,10 @@ class TrainingStats:
         self.reduce = reduce
         self.columns: dict[str, list] = {c: [] for c in COLUMNS}
         self.evals: list[dict] = []  # sample-quality rows (step, epoch, fid, ...), if any
+        # This rank's own values before the mean over ranks (distributed mode only; not
+        # checkpointed): per-rank monitoring reads them. Otherwise the same as ``columns``.
+        self.local_columns: dict[str, list] = self.columns if reduce is None else \
+            {c: [] for c in COLUMNS}
         self._pending: list[tuple[int, int, int, float, torch.Tensor]] = []
 
     def __len__(self) -> int:
@@ -45,17 +49,24 @@ class TrainingStats:
         if not self._pending:
             return []
         stacked = torch.stack([p[4] for p in self._pending])
+        local = None
         if self.reduce is not None:
-            stacked = self.reduce(stacked)
+            local, stacked = stacked, self.reduce(stacked)
         values = stacked.cpu().tolist()
+        rows = self._append(self.columns, values)
+        if local is not None:
+            self._append(self.local_columns, local.cpu().tolist())
+        self._pending.clear()
+        return rows
+
+    def _append(self, columns: dict[str, list], values: list[list[float]]) -> list[dict]:
         rows = []
         for (step, epoch, batch, elapsed, _), vals in zip(self._pending, values, strict=True):
             row = {"step": step, "epoch": epoch, "batch": batch,
                    **dict(zip(METRICS, vals, strict=True)), "time": elapsed}
             for c in COLUMNS:
-                self.columns[c].append(row[c])
+                columns[c].append(row[c])
             rows.append(row)
-        self._pending.clear()
         return rows
 
     def last(self, n: int) -> dict[str, list]:
@@ -71,6 +82,8 @@ class TrainingStats:
 
     def load_state_dict(self, state: dict) -> None:
         self.columns = {c: state[c].tolist() for c in COLUMNS}
+        if self.reduce is None:
+            self.local_columns = self.columns
         self.evals = [dict(row) for row in state.get("evals", [])]
         self._pending.clear()
 

@@ -1,0 +1,339 @@
+"""Prometheus metrics, alert rules and the Grafana dashboard, against a real Prometheus.
+
+Prometheus (and promtool) come from Debian's ``prometheus`` package, which .ci/run installs.
+Without it these tests are skipped with the way to install it, except under CI=true, where a
+missing Prometheus fails the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.monitor import INSTALL_HINT, PROMETHEUS_DIR, write_config
+from dcgan.config import TrainConfig
+from dcgan.data import load_mnist, to_model_range
+from dcgan.diagnostics import balance_score, window_stats
+from dcgan.metrics import (
+    MetricsCallback,
+    MetricsExporter,
+    check_port_free,
+    training_status,
+    window_values,
+)
+from dcgan.trainer import Trainer
+
+from .conftest import ROOT, one_line_error, run_cli, sets
+
+DASHBOARD = ROOT / "cluster" / "grafana" / "dashboards" / "dcgan-training.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        message = f"{binary} is not installed; {INSTALL_HINT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Samples of an endpoint as {(name, sorted labels): value}."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@contextlib.contextmanager
+def background(args: list[str], log: Path):
+    """A dcgan command in its own process group, stopped (and reaped) whatever happens."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dcgan", *args], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+@contextlib.contextmanager
+def prometheus_server(tmp_path: Path, targets: list[str]):
+    """A real Prometheus on a free loopback port with the project's config (rendered for
+    ``targets``, scraping every second) and rules, in a temporary data directory."""
+    binary = need("prometheus")
+    port = free_port()
+    config = write_config(tmp_path / "prometheus", targets, str(tmp_path / "no-ray-sd.json"),
+                          scrape_interval="1s")
+    log = open(tmp_path / "prometheus.log", "w")
+    proc = subprocess.Popen([binary, f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'prometheus' / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, "Prometheus did not become ready"
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def prom_api(url: str, path: str, **params) -> dict:
+    query = urllib.parse.urlencode(params, doseq=True)
+    body = json.loads(urllib.request.urlopen(f"{url}{path}?{query}", timeout=10).read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def dashboard_queries(run: str) -> list[str]:
+    """Every PromQL expression of the dashboard, with its variables bound to one run."""
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    bound = []
+    for e in exprs:
+        e = e.replace("$__rate_interval", "15s")
+        e = re.sub(r"\$\{?run\}?", re.escape(run), e)
+        bound.append(re.sub(r"\$\{?trial\}?", ".*", e))
+    return bound
+
+
+# -- pure logic ---------------------------------------------------------------------------
+
+
+def test_training_status_rules():
+    assert training_status([]) == "good"
+    assert training_status(["loss_ratio", "accuracy_band"]) == "warning"
+    assert training_status(["accuracy_band", "vanishing_gradients"]) == "bad"
+    assert training_status(["instability"]) == "bad"
+
+
+def test_window_values_are_the_diagnostics_values():
+    columns = {"step": list(range(300)), "epoch": [0] * 300,
+               "d_loss": [0.6 + 0.001 * i for i in range(300)],
+               "g_loss": [1.5 - 0.002 * i for i in range(300)],
+               "d_real_acc": [0.95] * 300, "d_fake_acc": [0.7] * 300}
+    values, status = window_values(columns, 0.1)
+    ws = window_stats(columns)
+    assert values["balance_score"] == balance_score(ws)
+    assert values["loss_ratio"] == ws.loss_ratio
+    assert (values["real_acc"], values["fake_acc"]) == (ws.real_acc, ws.fake_acc)
+    assert status == "warning"  # real accuracy above the band
+    assert window_values({"d_loss": []}, 0.1) is None
+    nan = {**columns, "d_loss": columns["d_loss"][:-1] + [math.nan]}
+    assert window_values(nan, 0.1)[1] == "bad"
+
+
+def test_exporter_follows_a_real_training_loop(data_dir):
+    """A Trainer with the metrics callback: counters, histogram and window gauges on the
+    registry equal what the stats and the diagnostics say."""
+    cfg = TrainConfig(train_subset=128, batch_size=32, epochs=2, log_every=3, device="cpu",
+                      data_dir=data_dir)
+    images, _ = load_mnist(data_dir, subset=128)
+    exporter = MetricsExporter("unit", "local", cfg.to_dict())
+    trainer = Trainer(cfg, to_model_range(images), torch.device("cpu"),
+                      callbacks=[MetricsCallback(exporter.apply)])
+    trainer.fit()
+    reg = exporter.registry
+    labels = {"run": "unit", "mode": "local", "trial": "", "rank": "0"}
+    assert reg.get_sample_value("dcgan_steps_total", labels) == 8
+    assert reg.get_sample_value("dcgan_images_total", labels) == 8 * 32
+    assert reg.get_sample_value("dcgan_step_duration_seconds_count", labels) == 7
+    assert reg.get_sample_value("dcgan_epoch", labels) == 2
+    assert reg.get_sample_value("dcgan_progress_ratio", labels) == 1
+    assert reg.get_sample_value("dcgan_training_active", labels) == 0
+    ws = window_stats(trainer.stats.columns)
+    assert reg.get_sample_value("dcgan_balance_score", labels) == pytest.approx(
+        balance_score(ws))
+    assert reg.get_sample_value("dcgan_d_loss", labels) == pytest.approx(ws.d_loss)
+    info = [s for m in reg.collect() if m.name == "dcgan_run" for s in m.samples]
+    assert info and info[0].labels["batch_size"] == "32" and info[0].labels["version"]
+
+
+def test_port_in_use_is_detected():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(Exception, match="already in use"):
+            check_port_free("127.0.0.1", port)
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "train-distributed"])
+def test_port_in_use_fails_before_training(tmp_path, data_dir, command):
+    out = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        extra = ["--workers", "2"] if command == "train-distributed" else []
+        proc = run_cli([command, "--out", str(out), *extra, "--metrics-port", str(port),
+                        *sets({"data_dir": data_dir})], timeout=60)
+    assert proc.returncode == 2
+    assert f"127.0.0.1:{port}: already in use" in one_line_error(proc)
+    assert not out.exists()
+
+
+def test_bad_metrics_port_value(tmp_path):
+    proc = run_cli(["train", "--out", str(tmp_path / "r"), "--metrics-port", "70000"])
+    assert proc.returncode == 2
+    assert "--metrics-port must be in 0-65535" in one_line_error(proc)
+
+
+# -- promtool -------------------------------------------------------------------------------
+
+
+def test_promtool_checks_config_rules_and_rule_tests(tmp_path):
+    promtool = need("promtool")
+    rendered = write_config(tmp_path, ["127.0.0.1:9100"], str(tmp_path / "sd.json"))
+    for args in (["check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
+                 ["check", "config", str(rendered)],
+                 ["check", "rules", str(PROMETHEUS_DIR / "alerts.yml")],
+                 ["test", "rules", str(PROMETHEUS_DIR / "alerts_test.yml")]):
+        proc = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60,
+                              cwd=PROMETHEUS_DIR)
+        assert proc.returncode == 0, f"promtool {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_every_alert_has_a_rule_test():
+    import yaml
+
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    tests = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())
+    tested = {case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"]
+              if case.get("exp_alerts")}
+    assert alerts == tested
+
+
+# -- the dashboard ---------------------------------------------------------------------------
+
+
+def test_dashboard_is_well_formed():
+    board = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert {"datasource", "run", "trial"} <= variables
+    titles = " | ".join(p["title"] for p in board["panels"]).lower()
+    for wanted in ("status", "progress", "fid", "losses", "loss ratio", "accuracy",
+                   "balance", "images/s per rank", "p50 / p95"):
+        assert wanted in titles, wanted
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert set(panel["gridPos"]) == {"x", "y", "w", "h"}
+        for target in panel["targets"]:
+            assert 'run=~"$run"' in target["expr"] and 'trial=~"$trial"' in target["expr"]
+    bands = {p["title"]: [s["value"] for s in p["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+             for p in board["panels"] if p["fieldConfig"]["defaults"].get("custom")}
+    assert [None, 0.3, 3.0] in bands.values() and [None, 0.6, 0.9] in bands.values()
+
+
+@pytest.mark.slow
+def test_dashboard_queries_return_data_from_a_real_prometheus(tmp_path, data_dir):
+    """A local run with metrics on, scraped by a real Prometheus with our config and rules:
+    every expression of the dashboard returns data, and the rules load."""
+    port = free_port()
+    run_dir = tmp_path / "monitored"
+    args = ["train", "--out", str(run_dir), "--no-progress", "--metrics-port", str(port),
+            *sets({"train_subset": 512, "batch_size": 32, "epochs": 200, "device": "cpu",
+                   "log_every": 2, "eval_every": 1, "eval_samples": 200,
+                   "sample_every": 0, "checkpoint_every": 0, "data_dir": data_dir})]
+    with prometheus_server(tmp_path, [f"127.0.0.1:{port}"]) as prom, \
+            background(args, tmp_path / "train.log") as train:
+        queries = dashboard_queries("monitored")
+        missing = queries
+        deadline = time.monotonic() + 150
+        while missing and time.monotonic() < deadline:
+            assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            time.sleep(2)
+            missing = [q for q in queries
+                       if not prom_api(prom, "/api/v1/query", query=q)["result"]]
+        assert not missing, f"no data for: {missing}"
+        runs = prom_api(prom, "/api/v1/label/run/values", **{"match[]": "dcgan_run_info"})
+        assert "monitored" in runs
+        targets = prom_api(prom, "/api/v1/targets")["activeTargets"]
+        assert any(t["labels"]["job"] == "dcgan" and t["health"] == "up" for t in targets)
+        groups = prom_api(prom, "/api/v1/rules")["groups"]
+        assert len(groups[0]["rules"]) == 6
+        os.killpg(train.pid, signal.SIGTERM)
+        assert train.wait(timeout=60) == 143
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_endpoint(tmp_path, data_dir):
+    """Both ranks' series reach the driver's one endpoint, labelled by rank."""
+    port = free_port()
+    args = ["train-distributed", "--out", str(tmp_path / "dist"), "--workers", "2",
+            "--use-gpu", "false", "--metrics-port", str(port),
+            *sets({"train_subset": 640, "batch_size": 32, "epochs": 4, "log_every": 5,
+                   "eval_every": 0, "sample_every": 0, "checkpoint_every": 0,
+                   "data_dir": data_dir})]
+    ray_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    seen: dict[str, float] = {}
+    try:
+        with background(args, tmp_path / "dist.log") as proc:
+            deadline = time.monotonic() + 200
+            while len(seen) < 2 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                try:
+                    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+                except OSError:
+                    continue
+                for (name, labels), value in samples.items():
+                    labels = dict(labels)
+                    if name == "dcgan_steps_total" and value > 0:
+                        assert labels["mode"] == "distributed" and labels["run"] == "dist"
+                        seen[labels["rank"]] = value
+            log = (tmp_path / "dist.log").read_text()
+            assert set(seen) == {"0", "1"}, log[-3000:]
+            assert proc.wait(timeout=200) == 0, log[-3000:]
+    finally:
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+                       capture_output=True, timeout=60, env=ray_env)

@@ -16,7 +16,13 @@ METRICS_HOST ?= 127.0.0.1
 MONITOR_TARGET ?= 127.0.0.1:9100
 MONITOR_LISTEN ?= 127.0.0.1:9090
 
-.PHONY: install train train-distributed smoke test lint bench monitor prometheus clean
+# The default search: 8 trials (trial 0 = the seed's values) of 1200 steps, ASHA.
+TUNE_OUT ?= runs/tune
+TRIALS ?= 8
+BUDGET_STEPS ?= 1200
+TUNE_ARGS ?=
+
+.PHONY: install train train-distributed tune smoke test lint bench monitor prometheus clean
 
 install: $(STAMP)
 
@@ -40,6 +46,13 @@ train-distributed: install
 		--config configs/seed.yaml --metrics-port $(METRICS_PORT) --metrics-host $(METRICS_HOST) \
 		$(TRAIN_ARGS)
 
+# Ray Tune over g_lr, d_lr, dropout and label_smoothing against the balance objective
+# (docs/tuning.md). Re-running continues an interrupted search in $(TUNE_OUT).
+tune: install
+	$(BIN)/dcgan tune --out $(TUNE_OUT) --trials $(TRIALS) --budget-steps $(BUDGET_STEPS) \
+		--baseline $(if $(wildcard $(TUNE_OUT)/search_settings.json),--resume) \
+		--metrics-port $(METRICS_PORT) --metrics-host $(METRICS_HOST) $(TUNE_ARGS)
+
 # At most 300 steps on a 6,400-image subset: every artifact in about a minute on 2 CPU cores.
 smoke: install
 	$(BIN)/dcgan train --out $(SMOKE_RUN) --config configs/smoke.yaml --overwrite $(TRAIN_ARGS)
@@ -48,7 +61,7 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check dcgan cluster tests
+	$(BIN)/ruff check dcgan cluster tune tests
 
 bench: install
 	$(BIN)/dcgan bench

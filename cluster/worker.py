@@ -97,6 +97,22 @@ class StartupTimer(Callback):
                           json.dumps({"start_to_first_step_s": seconds}) + "\n")
 
 
+def _trial_callbacks(cfg: TrainConfig, device: torch.device, search: dict,
+                     is_writer: bool, trial_dir: Path) -> list[Callback]:
+    """A Tune trial's worker: rank 0 evaluates at report steps and attaches the metrics
+    and the state; ``TuneReportCallback`` forwards rank 0's report to Tune."""
+    from dcgan.quality import build_meter
+    from tune.trial import StepQuality, report_metrics
+
+    if not is_writer:
+        return [RayCheckpointer(trial_dir, print, writes_files=False)]
+    trial_dir.mkdir(parents=True, exist_ok=True)  # the stats file goes here
+    meter = build_meter(cfg.data_dir, device)
+    return [StepQuality(meter, search["every"]),
+            RayCheckpointer(trial_dir, print, writes_files=True,
+                            metrics=report_metrics(search["metric"], search["min_classes"]))]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -112,14 +128,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sync_bn = use_sync_batchnorm(cfg, device)
 
     images, _ = load_mnist(cfg.data_dir, subset=cfg.train_subset)
-    # Every rank reports checkpoints (a barrier); rank 0 alone writes RUN_DIR.
-    checkpointer = RayCheckpointer(run_dir, print, writes_files=is_writer)
-    callbacks: list[Callback] = (
-        [StartupTimer(run_dir, config.get("started_at")),
-         *file_writing_callbacks(run_dir, cfg, device, print, checkpointer)]
-        if is_writer else [checkpointer])
+    search = config.get("tune")  # a Tune trial: report its metrics, write no run files
+    if search:
+        callbacks = _trial_callbacks(cfg, device, search, is_writer, run_dir)
+    else:
+        # Every rank reports checkpoints (a barrier); rank 0 alone writes RUN_DIR.
+        checkpointer = RayCheckpointer(run_dir, print, writes_files=is_writer)
+        callbacks = ([StartupTimer(run_dir, config.get("started_at")),
+                      *file_writing_callbacks(run_dir, cfg, device, print, checkpointer)]
+                     if is_writer else [checkpointer])
     if config.get("metrics_hub") is not None:  # every rank reports its own series
-        callbacks.append(MetricsCallback(hub_pusher(config["metrics_hub"])))
+        callbacks.append(MetricsCallback(hub_pusher(config["metrics_hub"]),
+                                         trial=search["trial"] if search else ""))
 
     trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, rank=rank,
                       world_size=world, wrap_model=make_wrapper(device, sync_bn),

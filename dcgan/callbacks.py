@@ -183,6 +183,23 @@ class Checkpointer(Callback):
                        f"to {path}. Resume with: dcgan train --out {self.run_dir} --resume")
 
 
+def record_quality(trainer: Trainer, meter):
+    """Score ``eval_samples`` images of the current generator and append the row to the
+    stats' evaluations (once per step). Leaves the training RNGs untouched."""
+    from dcgan.generation import sample
+    from dcgan.trainer import derive_seed
+
+    evals = trainer.stats.evals
+    if evals and evals[-1]["step"] == trainer.step:
+        return None
+    cfg = trainer.cfg
+    images = sample(trainer.generator, cfg.eval_samples, derive_seed(cfg.seed, "eval"))
+    quality = meter.measure(images)
+    epochs = trainer.step / trainer.batches_per_epoch
+    evals.append({"step": trainer.step, "epoch": round(epochs, 4), **quality.to_dict()})
+    return quality
+
+
 class QualityEvaluator(Callback):
     """FID, IS and class coverage of ``eval_samples`` images every ``eval_every`` epochs and
     at the end, kept with the stats (and in checkpoints) and written to ``EVAL_FILE``."""
@@ -191,18 +208,10 @@ class QualityEvaluator(Callback):
         self.run_dir, self.meter, self.write = Path(run_dir), meter, write
 
     def evaluate(self, trainer: Trainer) -> None:
-        from dcgan.generation import sample
-        from dcgan.trainer import derive_seed
-
-        evals = trainer.stats.evals
-        if evals and evals[-1]["step"] == trainer.step:
+        quality = record_quality(trainer, self.meter)
+        if quality is None:
             return
-        cfg = trainer.cfg
-        images = sample(trainer.generator, cfg.eval_samples, derive_seed(cfg.seed, "eval"))
-        quality = self.meter.measure(images)
-        epochs = trainer.step / trainer.batches_per_epoch
-        evals.append({"step": trainer.step, "epoch": round(epochs, 4), **quality.to_dict()})
-        write_evals_parquet(evals, self.run_dir / EVAL_FILE)
+        write_evals_parquet(trainer.stats.evals, self.run_dir / EVAL_FILE)
         self.write(f"[Epoch {trainer.epoch}] quality ({quality.n} samples): {quality.summary()}")
 
     def on_epoch_end(self, trainer: Trainer) -> None:

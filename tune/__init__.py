@@ -1,0 +1,1 @@
+"""Hyperparameter search with Ray Tune against the balance objective (docs/tuning.md)."""

@@ -1,0 +1,324 @@
+"""``dcgan tune``: the search driver. Checks every input, starts (or joins) Ray, runs the
+Tuner, then writes the trials table, the best config, and the best trial's generator.
+
+Outputs in OUT (docs/tuning.md):
+  trials.parquet, trials.csv  one row per trial: hyperparameters, final metrics, verdict
+  best_config.yaml            the base config with the best hyperparameters (dcgan train --config)
+  best_generator.pth          the best trial's generator weights (dcgan sample --generator)
+  search.json                 the best trial and a summary of the search
+  search_settings.json        the settings --resume reuses
+  ray/                        Ray Tune's experiment (checkpoints; what --resume continues)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dcgan.checkpoint import load_state, save_torch
+from dcgan.config import TrainConfig, load_config, save_config
+from dcgan.data import check_mnist
+from dcgan.errors import ConfigError, DCGANError, RunDirError
+from dcgan.io import atomic_write_bytes, atomic_write_text
+from dcgan.metrics import check_metrics_args
+from tune.objective import METRICS, guard
+from tune.space import SpaceError, load_space, mutations, to_tune, validate_space
+from tune.trial import STATE_FILE, run_trial
+
+SCHEDULERS = ("asha", "pbt", "fifo")
+SETTINGS_FILE = "search_settings.json"
+# What --resume takes from the interrupted search rather than from its command line.
+SAVED_OPTIONS = ("trials", "max_concurrent", "workers_per_trial", "scheduler", "budget_steps",
+                 "metric", "min_classes", "use_gpu", "baseline")
+EXPERIMENT = "search"
+REPORTS_PER_TRIAL = 4  # ASHA's rungs and PBT's perturbation points
+# Columns of the trials table besides the hyperparameters.
+RESULT_COLUMNS = ("trial_id", "status", "verdict", "objective", "balance_score", "fid",
+                  "inception_score", "classes_covered", "d_loss", "g_loss", "loss_ratio",
+                  "d_real_acc", "d_fake_acc", "step", "seconds")
+
+
+class SearchError(DCGANError):
+    """The search could not run or produced no usable trial."""
+
+
+@dataclass
+class SearchOptions:
+    out: Path
+    trials: int = 8
+    max_concurrent: int | None = None
+    workers_per_trial: int = 1
+    scheduler: str = "asha"
+    budget_steps: int = 1000
+    metric: str = "balance"
+    min_classes: int = 10
+    baseline: bool = False
+    space_file: str | None = None
+    address: str | None = None
+    resume: bool = False
+    config_path: str | None = None
+    overrides: tuple[str, ...] = ()
+    use_gpu: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(flag, f"must be >= 1 (got {value})")
+
+
+def _saved_settings(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]] | None:
+    """On --resume, the interrupted search's own settings win over the command line's."""
+    path = opts.out / SETTINGS_FILE
+    if not (opts.resume and path.exists()):
+        return None
+    saved = json.loads(path.read_text())
+    for key in SAVED_OPTIONS:
+        setattr(opts, key, saved[key])
+    print(f"Resuming the search in {opts.out} with its saved settings ({path.name})")
+    return TrainConfig(**saved["base"]), saved["space"]
+
+
+def _save_settings(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]) -> None:
+    settings = {key: getattr(opts, key) for key in SAVED_OPTIONS}
+    settings.update(base=base.to_dict(), space=space)
+    atomic_write_text(opts.out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+
+
+def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
+    """Everything that can be wrong, in seconds, before Ray starts a trial."""
+    saved = _saved_settings(opts)
+    _positive("--trials", opts.trials)
+    _positive("--workers-per-trial", opts.workers_per_trial)
+    _positive("--budget-steps", opts.budget_steps)
+    if not 1 <= opts.min_classes <= 10:
+        raise ConfigError("--min-classes", f"must be in 1-10 (got {opts.min_classes})")
+    if opts.max_concurrent is not None:
+        _positive("--max-concurrent", opts.max_concurrent)
+    if opts.scheduler not in SCHEDULERS:
+        raise ConfigError("--scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+    if opts.metric not in METRICS:
+        raise ConfigError("--metric", f"must be one of {', '.join(METRICS)}")
+    if opts.scheduler == "pbt" and opts.workers_per_trial > 1:
+        raise ConfigError("--scheduler", "pbt restores trials from Tune checkpoints, which "
+                                         "needs --workers-per-trial 1")
+    check_metrics_args(opts.metrics_host, opts.metrics_port)
+    if saved is not None:
+        base, space = saved
+    else:
+        base = load_config(opts.config_path, list(opts.overrides))
+        base = base.replace(data_dir=str(Path(base.data_dir).expanduser().resolve()),
+                            max_steps=opts.budget_steps)
+        space = validate_space(load_space(opts.space_file), base)
+    if base.batch_size % opts.workers_per_trial:
+        raise ConfigError("batch_size", f"the global batch {base.batch_size} does not divide "
+                                        f"evenly over {opts.workers_per_trial} workers")
+    if base.precision == "fp16" and not opts.use_gpu:
+        raise ConfigError("precision", "fp16 needs GPU trials (use bf16 or fp32 on CPUs)")
+    check_mnist(base.data_dir, subset=base.train_subset)
+    experiment = opts.out / "ray" / EXPERIMENT
+    if opts.resume and not experiment.is_dir():
+        raise RunDirError(f"nothing to resume: {experiment} does not exist")
+    if not opts.resume and experiment.is_dir():
+        raise RunDirError(f"{opts.out} already holds a search; pass --resume to continue it or "
+                          "choose another --out")
+    if opts.address:
+        from cluster.launch import check_address
+
+        check_address(opts.address)
+    return base, space
+
+
+def _scheduler(name: str, space: dict[str, Any], reports: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1,
+                             reduction_factor=2)
+    if name == "pbt":
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
+                                       hyperparam_mutations=mutations(space))
+    return FIFOScheduler()
+
+
+def run_search(opts: SearchOptions) -> dict[str, Any]:
+    import ray
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    from cluster.metrics_hub import start_hub
+
+    started = time.perf_counter()
+    opts.out = Path(opts.out).resolve()
+    base, space = check_options(opts)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    if not opts.resume:
+        _save_settings(opts, base, space)
+    cores = os.cpu_count() or 1
+    w = opts.workers_per_trial
+    concurrent = opts.max_concurrent or max(1, cores // w)
+    threads = max(1, cores // (concurrent * w))
+    report_every = max(1, math.ceil(opts.budget_steps / REPORTS_PER_TRIAL))
+    reports = math.ceil(opts.budget_steps / report_every)
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # Logical CPUs for every concurrent trial, its workers and Ray Train's controllers.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True,
+                 num_cpus=max(cores, concurrent * (w * threads + 1) + 1))
+    try:
+        hub = None
+        if opts.metrics_port:
+            hub, port = start_hub(opts.out.name, "tune", base.to_dict(), opts.metrics_host,
+                                  opts.metrics_port)
+            print(f"Prometheus metrics of every trial on http://{opts.metrics_host}:{port}/metrics")
+        storage = str(opts.out / "ray")
+        trainable = tune.with_parameters(
+            run_trial, base=base.to_dict(), workers=w, metric=opts.metric,
+            min_classes=opts.min_classes, report_every=report_every, threads=threads,
+            use_gpu=opts.use_gpu, storage=str(opts.out / "ray" / "trials"), hub=hub)
+        # W = 1: the trial trains in its own process. W > 1: the trial only drives a
+        # TorchTrainer, whose workers and controller request their own resources.
+        resources = ({"cpu": threads, "gpu": 1 if opts.use_gpu else 0} if w == 1
+                     else {"cpu": 0.01})
+        trainable = tune.with_resources(trainable, resources)
+        experiment = opts.out / "ray" / EXPERIMENT
+        if opts.resume:
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            # --baseline: the base config's own values are trial 0, measured the same way.
+            first = [{k: getattr(base, k) for k in space}] if opts.baseline else []
+            tuner = tune.Tuner(
+                trainable, param_space=to_tune(space),
+                tune_config=tune.TuneConfig(
+                    metric="objective", mode="min", num_samples=opts.trials,
+                    search_alg=BasicVariantGenerator(points_to_evaluate=first,
+                                                     max_concurrent=concurrent),
+                    max_concurrent_trials=concurrent,
+                    scheduler=_scheduler(opts.scheduler, space, reports)),
+                run_config=tune.RunConfig(
+                    name=EXPERIMENT, storage_path=storage, verbose=1,
+                    # PBT clones other trials' older checkpoints: keep them all (a few).
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=None if opts.scheduler == "pbt" else 2),
+                    failure_config=tune.FailureConfig(max_failures=base.max_failures)))
+        grid = tuner.fit()
+        return _write_outputs(opts, base, space, grid, time.perf_counter() - started)
+    finally:
+        ray.shutdown()
+
+
+def _row(result, space: dict[str, Any]) -> dict[str, Any]:
+    metrics = result.metrics or {}
+    config = result.config or {}
+    status = "ERROR" if result.error else "TERMINATED"
+    row: dict[str, Any] = {"trial_id": metrics.get("trial_id") or config.get("trial_id"),
+                           "status": status}
+    for key in space:
+        row[key] = config.get(key)
+    for col in RESULT_COLUMNS[3:]:
+        row[col] = metrics.get(col if col != "seconds" else "time_total_s")
+    row["_checkpoint"] = _checkpoint_dir(result)
+    return row
+
+
+def _checkpoint_dir(result) -> str | None:
+    if result.checkpoint is not None:
+        return result.checkpoint.path
+    path = (result.metrics or {}).get("checkpoint_path")  # TuneReportCallback (W > 1)
+    return path
+
+
+def _write_outputs(opts: SearchOptions, base: TrainConfig, space: dict[str, Any], grid,
+                   seconds: float) -> dict[str, Any]:
+    rows = [_row(grid[i], space) for i in range(len(grid))]
+    for row, verdict in zip(rows, guard(rows, opts.budget_steps, opts.min_classes), strict=True):
+        row["verdict"] = verdict or "ok"
+    rows.sort(key=lambda r: (r["verdict"] != "ok", _num(r["objective"])))
+    columns = [*RESULT_COLUMNS[:4], *space, *RESULT_COLUMNS[4:]]
+    table = [{c: r.get(c) for c in columns} for r in rows]
+    _write_table(table, columns, opts.out)
+    print(_summary(table, columns, opts.metric))
+    winners = [r for r in rows if r["verdict"] == "ok"]
+    if not winners:
+        raise SearchError(f"no trial passed the quality guard (see {opts.out / 'trials.csv'}); "
+                          "raise --budget-steps (a generator needs several hundred steps to "
+                          "draw every digit) or widen the search space; an interrupted "
+                          "search continues with --resume")
+    best = winners[0]
+    params = {k: best[k] for k in space}
+    # The user's config with the winning values; the search's step budget is not part of it.
+    best_cfg = base.replace(**params, max_steps=TrainConfig().max_steps)
+    save_config(best_cfg, opts.out / "best_config.yaml")
+    generator = _save_best_generator(best, opts.out)
+    summary = {"best_trial": best["trial_id"], "objective": best["objective"],
+               "metric": opts.metric, "params": params,
+               "balance_score": best["balance_score"], "fid": best["fid"],
+               "classes_covered": best["classes_covered"], "trials": len(rows),
+               "failed": len(rows) - len(winners), "scheduler": opts.scheduler,
+               "budget_steps": opts.budget_steps, "workers_per_trial": opts.workers_per_trial,
+               "seconds": round(seconds, 1), "best_generator": generator,
+               "best_checkpoint": best.get("_checkpoint")}
+    atomic_write_text(opts.out / "search.json", json.dumps(summary, indent=2) + "\n")
+    print(f"Best trial {best['trial_id']}: objective {best['objective']:.4f}, balance "
+          f"{best['balance_score']:.4f}, FID {best['fid']:.2f}; config in "
+          f"{opts.out / 'best_config.yaml'} (dcgan train --config), generator in {generator}")
+    return summary
+
+
+def _save_best_generator(best: dict[str, Any], out: Path) -> str | None:
+    directory = best.get("_checkpoint")
+    if not directory or not (Path(directory) / STATE_FILE).exists():
+        return None
+    state = load_state(Path(directory) / STATE_FILE)
+    path = out / "best_generator.pth"
+    save_torch(state["generator"], path)
+    return str(path)
+
+
+def _num(value) -> float:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf
+
+
+def _write_table(table: list[dict], columns: list[str], out: Path) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(table), buf)
+    atomic_write_bytes(out / "trials.parquet", buf.getvalue())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_text(out / "trials.csv", text.getvalue())
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _summary(table: list[dict], columns: list[str], metric: str) -> str:
+    shown = [c for c in columns if c not in ("status", "step", "seconds", "d_loss", "g_loss",
+                                             "d_real_acc", "d_fake_acc")]
+    cells = [[_fmt(r[c]) for c in shown] for r in table]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(shown)]
+    lines = [f"Trials ({len(table)}, objective: {metric}; best first):",
+             "  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+__all__ = ["SearchOptions", "run_search", "SearchError", "SpaceError"]

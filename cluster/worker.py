@@ -18,7 +18,7 @@ from cluster.metrics_hub import hub_pusher
 from dcgan.callbacks import Checkpointer
 from dcgan.checkpoint import load_state, save_torch, with_header
 from dcgan.config import TrainConfig
-from dcgan.data import load_mnist, to_model_range
+from dcgan.data import load_mnist
 from dcgan.io import atomic_write_text
 from dcgan.metrics import MetricsCallback
 from dcgan.run import file_writing_callbacks
@@ -141,7 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         callbacks.append(MetricsCallback(hub_pusher(config["metrics_hub"]),
                                          trial=search["trial"] if search else ""))
 
-    trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, rank=rank,
+    trainer = Trainer(cfg, images, device, callbacks=callbacks, rank=rank,
                       world_size=world, wrap_model=make_wrapper(device, sync_bn),
                       reduce_metrics=_mean_over_ranks)
     checkpoint = ray.train.get_checkpoint()

@@ -87,7 +87,7 @@ def run_baseline(data_dir: str, batch_size: int, warmup: int, steps: int,
 
 def run_trainer(data_dir: str, batch_size: int, warmup: int, steps: int, device: torch.device,
                 precision: str) -> float:
-    from dcgan.data import load_mnist, to_model_range
+    from dcgan.data import load_mnist
     from dcgan.trainer import Callback, Trainer
 
     class Timer(Callback):
@@ -106,7 +106,7 @@ def run_trainer(data_dir: str, batch_size: int, warmup: int, steps: int, device:
                       max_steps=warmup + steps, device=str(device), log_every=100)
     images, _ = load_mnist(data_dir)
     timer = Timer()
-    Trainer(cfg, to_model_range(images), device, callbacks=[timer]).fit()
+    Trainer(cfg, images, device, callbacks=[timer]).fit()
     return steps * batch_size / (timer.t1 - timer.t0)
 
 

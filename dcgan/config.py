@@ -20,6 +20,7 @@ from dcgan.errors import ConfigError
 
 DATA_DIR_ENV = "DCGAN_DATA_DIR"
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -53,6 +54,8 @@ class TrainConfig:
     train_subset: int = 0  # use the first N training images (0 = all 60,000)
     max_steps: int = 0  # stop after N steps in all (0 = no cap)
     precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + grad scaler, GPU only)
+    channels_last: str = "auto"  # NHWC activations: auto (= true), true, false
+    compile: str = "off"  # torch.compile the step: off, default, reduce-overhead, max-autotune
     # Sample quality (FID/IS with the fixed MNIST classifier, docs/evaluation.md).
     eval_every: int = 1  # evaluate every N epochs and at the end (0 = off)
     eval_samples: int = 2000  # generated images per evaluation (>= 129 for FID's covariance)
@@ -114,6 +117,10 @@ def validate(cfg: TrainConfig) -> None:
              cfg.precision)
     _require(cfg.sync_batchnorm in ("auto", "true", "false"), "sync_batchnorm",
              "must be one of auto, true, false", cfg.sync_batchnorm)
+    _require(cfg.channels_last in ("auto", "true", "false"), "channels_last",
+             "must be one of auto, true, false", cfg.channels_last)
+    _require(cfg.compile in COMPILE_MODES, "compile",
+             f"must be one of {', '.join(COMPILE_MODES)}", cfg.compile)
     _require(bool(cfg.data_dir.strip()), "data_dir", "must not be empty", cfg.data_dir)
 
 

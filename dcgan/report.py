@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from dcgan.analysis import ANALYSIS_FILE, save_analysis
+from dcgan.data import to_model_range
 from dcgan.diagnostics import (
     DEFAULT_WINDOW,
     REQUIRED_COLUMNS,
@@ -39,7 +40,8 @@ class StatsError(DCGANError):
 def real_reference(images: torch.Tensor, n: int = DIVERSITY_SAMPLES) -> torch.Tensor:
     """``n`` real images at evenly spaced indices: deterministic and draws on no RNG."""
     idx = torch.linspace(0, images.shape[0] - 1, min(n, images.shape[0])).long()
-    return images[idx.to(images.device)].float()
+    picked = images[idx.to(images.device)]
+    return to_model_range(picked) if picked.dtype == torch.uint8 else picked.float()
 
 
 def write_diagnostics(run_dir: Path, diag: Diagnosis, columns: dict, smooth: int | None = None,

@@ -27,7 +27,7 @@ from dcgan.callbacks import (
 )
 from dcgan.checkpoint import CHECKPOINT_DIR, list_states, load_latest_state
 from dcgan.config import TrainConfig, load_config, save_config
-from dcgan.data import load_mnist, to_model_range
+from dcgan.data import load_mnist
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
 from dcgan.metrics import MetricsCallback, MetricsExporter, check_metrics_args
@@ -132,7 +132,7 @@ def _train(run_dir: Path, cfg: TrainConfig, images: torch.Tensor, device: torch.
            callbacks: list[Callback], state: dict[str, Any] | None, state_file: Path | None,
            overwrite: bool, step_fn) -> tuple[Trainer, Outcome]:
     kwargs = {"step_fn": step_fn} if step_fn is not None else {}
-    trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks, **kwargs)
+    trainer = Trainer(cfg, images, device, callbacks=callbacks, **kwargs)
     if state is not None:
         trainer.load_state_dict(state, source=str(state_file))
 

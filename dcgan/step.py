@@ -75,6 +75,11 @@ def gan_step(parts: GANParts, real: torch.Tensor, z: torch.Tensor) -> torch.Tens
 
     with parts.autocast():
         fake = g(z)
+    # Under torch.compile: end the region here. G's graph is then its own autograd node,
+    # which the G update backpropagates through once; fused with D's forward, D's backward
+    # would free it first. (No-op in eager mode.)
+    torch._dynamo.graph_break()
+    with parts.autocast():
         real_logits = d(real)
         fake_logits = d(fake.detach())
     d_loss = (_bce(real_logits, real_t) + _bce(fake_logits, fake_t)) / 2

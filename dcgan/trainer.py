@@ -56,6 +56,14 @@ def derive_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def compile_step(step_fn: StepFn, mode: str) -> StepFn:
+    """The whole training step (both forwards, backwards and optimizer steps) through
+    torch.compile; ``reduce-overhead`` adds CUDA graphs on GPUs. ``off``: eager."""
+    if mode == "off":
+        return step_fn
+    return torch.compile(step_fn, mode=None if mode == "default" else mode)
+
+
 def make_optimizer(params, lr: float, cfg: TrainConfig, device: torch.device):
     # Fused Adam is one kernel per step on GPUs; on CPUs the foreach path is as fast.
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -72,11 +80,12 @@ class Trainer:
         self.device = device
         self.rank, self.world_size = rank, world_size
         self.callbacks = list(callbacks)
-        self.step_fn = step_fn
+        self.step_fn = compile_step(step_fn, cfg.compile)
 
         torch.manual_seed(derive_seed(cfg.seed, "init"))  # same weights on every rank
         g, d = build_models(cfg.latent_dim, cfg.dropout)
-        fmt = torch.channels_last  # faster convs on CPUs (AMX/oneDNN) and tensor cores
+        # NHWC: faster convs on CPUs (AMX/oneDNN) and on tensor cores.
+        fmt = torch.contiguous_format if cfg.channels_last == "false" else torch.channels_last
         self.generator = g.to(device, memory_format=fmt)
         self.discriminator = d.to(device, memory_format=fmt)
         wrap = wrap_model or (lambda m: m)
@@ -89,8 +98,10 @@ class Trainer:
             label_smoothing=cfg.label_smoothing, precision=cfg.precision,
             device_type=device.type, scaler=self.scaler)
 
-        images = images.to(device).contiguous(memory_format=fmt)
-        self.sampler = BatchSampler(images, cfg.batch_size, cfg.seed, rank, world_size)
+        # The whole training set lives on the device (uint8 stays uint8: 47 MB for MNIST);
+        # batches are drawn, normalised and laid out there, never copied from the host.
+        self.sampler = BatchSampler(images.to(device), cfg.batch_size, cfg.seed, rank,
+                                    world_size, memory_format=fmt)
         self.batches_per_epoch = self.sampler.batches_per_epoch
         total = cfg.epochs * self.batches_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total

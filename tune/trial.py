@@ -89,7 +89,7 @@ def _train_here(cfg: TrainConfig, report: dict[str, Any], threads: int, hub: Any
     from ray import tune
 
     from cluster.metrics_hub import hub_pusher
-    from dcgan.data import load_mnist, to_model_range
+    from dcgan.data import load_mnist
     from dcgan.device import resolve_device
     from dcgan.metrics import MetricsCallback
     from dcgan.quality import build_meter
@@ -102,7 +102,7 @@ def _train_here(cfg: TrainConfig, report: dict[str, Any], threads: int, hub: Any
         TuneCheckpointer(report_metrics(report["metric"], report["min_classes"]))]
     if hub is not None:
         callbacks.append(MetricsCallback(hub_pusher(hub), trial=report["trial"]))
-    trainer = Trainer(cfg, to_model_range(images), device, callbacks=callbacks)
+    trainer = Trainer(cfg, images, device, callbacks=callbacks)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # --resume, or PBT exploiting another trial's state
         with checkpoint.as_directory() as directory:

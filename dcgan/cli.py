@@ -68,6 +68,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _add_bench_gpu(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-gpu", help="the GPU fast path: speed per setting, then the "
+                                         "seed's 30 epochs timed and evaluated",
+                       description="Needs a CUDA GPU; about 8 minutes (docs/benchmarks.md).")
+    p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    p.add_argument("--out", default="runs/bench-gpu", help="results folder")
+    p.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    p.add_argument("--warmup", type=int, default=30, help="untimed steps per setting")
+    p.add_argument("--steps", type=int, default=300, help="timed steps per setting")
+    p.set_defaults(func=_cmd_bench_gpu)
+
+
+def _cmd_bench_gpu(args: argparse.Namespace) -> int:
+    from dcgan.bench_gpu import main as bench_gpu_main
+
+    return bench_gpu_main(args)
+
+
 def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-distributed", help="train with Ray Train + DDP across N workers",
                        description="The same training loop under Ray Train's TorchTrainer "
@@ -386,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_evaluator(sub)
     _add_bench(sub)
+    _add_bench_gpu(sub)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +68,15 @@ def test_invalid_spaces_are_refused(space, message):
         validate_space(space, BASE)
 
 
+def test_space_file_must_be_a_mapping(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("[1, 2]\n")
+    with pytest.raises(SpaceError, match="must map config keys to distributions"):
+        load_space(path)
+    with pytest.raises(SpaceError, match="space.yaml: No such file"):
+        load_space(tmp_path / "missing" / "space.yaml")
+
+
 # -- the objective -------------------------------------------------------------------------
 
 
@@ -84,7 +94,16 @@ def test_objectives_and_collapse_penalty():
     assert trial_metrics(columns(), evals, "fid")["objective"] == 40.0
     collapsed = [{**evals[0], "classes_covered": 3}]
     row = trial_metrics(columns(), collapsed, "balance")
-    assert row["objective"] == pytest.approx(row["balance_score"] + COLLAPSE_PENALTY)
+    assert row["objective"] == pytest.approx(row["balance_score"] + COLLAPSE_PENALTY + 70
+                                             + math.log(40.0))
+    # Among penalised trials, more digits first, then lower FID.
+    nine = trial_metrics(columns(), [{**evals[0], "classes_covered": 9, "fid": 900.0}],
+                         "balance")
+    eight = trial_metrics(columns(), [{**evals[0], "classes_covered": 8, "fid": 50.0}],
+                          "balance")
+    better_fid = trial_metrics(columns(), [{**evals[0], "classes_covered": 9, "fid": 300.0}],
+                               "balance")
+    assert better_fid["objective"] < nine["objective"] < eight["objective"]
     assert objective({"balance_score": math.inf}, "balance") == 1e9  # finite for schedulers
 
 
@@ -108,37 +127,46 @@ def test_guard_fails_degenerate_and_incomplete_trials():
 # -- the command line ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--trials", "0"], "--trials: must be >= 1"),
-    (["--budget-steps", "0"], "--budget-steps: must be >= 1"),
-    (["--min-classes", "11"], "--min-classes: must be in 1-10"),
-    (["--scheduler", "pbt", "--workers-per-trial", "2"], "pbt restores trials"),
-    (["--set", "dropout=2"], "config: dropout: must be in [0, 1)"),
+@pytest.mark.parametrize("changes, message", [
+    ({"trials": 0}, "--trials: must be >= 1"),
+    ({"budget_steps": 0}, "--budget-steps: must be >= 1"),
+    ({"min_classes": 11}, "--min-classes: must be in 1-10"),
+    ({"max_concurrent": 0}, "--max-concurrent: must be >= 1"),
+    ({"scheduler": "pbt", "workers_per_trial": 2}, "pbt restores trials"),
+    ({"overrides": ("dropout=2",)}, "config: dropout: must be in [0, 1)"),
+    ({"overrides": ("batch_size=63",), "workers_per_trial": 2}, "does not divide evenly"),
+    ({"resume": True}, "nothing to resume"),
 ])
-def test_bad_arguments_fail_before_any_trial(tmp_path, args, message):
-    out = tmp_path / "search"
-    proc = run_cli(["tune", "--out", str(out), *args], timeout=60)
-    assert proc.returncode == 2
-    assert message in one_line_error(proc)
-    assert not (out / "ray").exists()
+def test_bad_options_are_refused_before_ray_starts(tmp_path, data_dir, changes, message):
+    from dcgan.errors import DCGANError
+    from tune.search import SearchOptions, check_options
+
+    opts = SearchOptions(out=tmp_path / "search", overrides=(f"data_dir={data_dir}",))
+    for key, value in changes.items():
+        if key == "overrides":
+            value = opts.overrides + value
+        setattr(opts, key, value)
+    with pytest.raises(DCGANError, match=re.escape(message)):
+        check_options(opts)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "is empty"),
-    ("g_lr: {loguniform: [1e-3, 1e-5]}\n", "low 0.001 must be below high 1e-05"),
-    ("lr: {uniform: [0, 1]}\n", "'lr' is not a config key"),
-    ("dropout: {uniform: [0.0, 1.2]}\n", "dropout: the value 1.2 breaks the config rule"),
-    ("[1, 2]\n", "must map config keys"),
+@pytest.mark.parametrize("args, text, message", [
+    (["--trials", "0"], None, "--trials: must be >= 1"),
+    ([], "", "is empty"),
+    ([], "g_lr: {loguniform: [1e-3, 1e-5]}\n", "low 0.001 must be below high 1e-05"),
+    ([], "lr: {uniform: [0, 1]}\n", "'lr' is not a config key"),
+    ([], "dropout: {uniform: [0.0, 1.2]}\n", "dropout: the value 1.2 breaks the config rule"),
 ])
-def test_bad_space_files_fail_before_any_trial(tmp_path, data_dir, text, message):
-    space = tmp_path / "space.yaml"
-    space.write_text(text)
+def test_cli_refuses_bad_input_in_one_line(tmp_path, data_dir, args, text, message):
     out = tmp_path / "search"
-    proc = run_cli(["tune", "--out", str(out), "--space", str(space),
-                    *sets({"data_dir": data_dir})], timeout=60)
+    if text is not None:
+        (tmp_path / "space.yaml").write_text(text)
+        args = [*args, "--space", str(tmp_path / "space.yaml")]
+    proc = run_cli(["tune", "--out", str(out), *args, *sets({"data_dir": data_dir})],
+                   timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert message in one_line_error(proc)
-    assert not out.exists() or not (out / "ray").exists()
+    assert not (out / "ray").exists()
 
 
 SEARCH = {"train_subset": 2048, "batch_size": 32, "device": "cpu", "precision": "bf16",

@@ -13,7 +13,9 @@ discriminator scores well on balance alone):
 
 * while a trial runs, a report whose generator covers fewer than 10 digit classes (or
   ``--min-classes``: very short searches cannot reach 10, docs/tuning.md) gets
-  ``COLLAPSE_PENALTY`` added to its objective, so ASHA stops it early;
+  ``COLLAPSE_PENALTY + 10 * missing classes + ln(FID)`` added to its objective, so ASHA
+  prefers every trial that draws all digits and, among those that do not yet, the ones
+  closest to it;
 * after the search, a trial is **failed** (never the best) when it did not train its whole
   budget (stopped early by the scheduler, or errored), its final evaluation
   covers fewer than 10 classes, or its FID is more than ``FID_GUARD_FACTOR`` times the best
@@ -57,8 +59,11 @@ def objective(row: Mapping[str, float], metric: str, min_classes: int = ALL_CLAS
         value = row["balance_score"] + (math.log(fid) if fid else math.inf)
     else:
         raise ValueError(f"metric must be one of {METRICS}")
-    if row.get("classes_covered", ALL_CLASSES) < min_classes:
-        value += COLLAPSE_PENALTY
+    covered = row.get("classes_covered", ALL_CLASSES)
+    if covered < min_classes:
+        # Ranked among themselves by how many digits are missing, then by FID: early in a
+        # search every trial may be penalised, and ASHA must still keep the learners.
+        value += COLLAPSE_PENALTY + 10 * (min_classes - covered) + (math.log(fid) if fid else 0)
     # Tune's schedulers compare numbers: a non-finite objective becomes a large finite one.
     return value if math.isfinite(value) else 1e9
 

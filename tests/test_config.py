@@ -20,8 +20,8 @@ def test_exactly_the_documented_keys():
         "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "latent_dim",
         "label_smoothing", "dropout", "sample_every", "checkpoint_every",
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
-        "max_steps", "precision", "eval_every", "eval_samples", "sync_batchnorm",
-        "max_failures"]
+        "max_steps", "precision", "channels_last", "compile", "eval_every", "eval_samples",
+        "sync_batchnorm", "max_failures"]
 
 
 def test_data_dir_env_replaces_only_the_default(monkeypatch, tmp_path):

@@ -44,10 +44,29 @@ def dist_args(out, data_dir, **overrides):
 
 
 def test_two_workers_end_to_end(tmp_path, data_dir):
-    out = tmp_path / "run"
-    proc = run_cli(dist_args(out, data_dir), timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "SyncBatchNorm off (CPU workers" in proc.stdout + proc.stderr
+    """Artifacts, every rank's metrics at the one endpoint, and a rerun that resumes."""
+    from .test_monitoring import background, free_port, scrape
+
+    out, port = tmp_path / "run", free_port()
+    seen: dict[str, float] = {}
+    with background([*dist_args(out, data_dir), "--metrics-port", str(port)],
+                    tmp_path / "run.log") as proc:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                samples = scrape(f"http://127.0.0.1:{port}/metrics")
+            except OSError:
+                continue
+            for (name, labels), value in samples.items():
+                labels = dict(labels)
+                if name == "dcgan_steps_total" and value > 0:
+                    assert labels["mode"] == "distributed" and labels["run"] == "run"
+                    seen[labels["rank"]] = value
+        log = (tmp_path / "run.log").read_text()
+        assert proc.wait(timeout=60) == 0, log[-3000:]
+    assert set(seen) == {"0", "1"}, log[-3000:]  # both ranks' series at one endpoint
+    assert "SyncBatchNorm off (CPU workers" in log
     for name in ("dcgan_generator_final.pth", "dcgan_discriminator_final.pth", STATS_FILE,
                  "dcgan_final_samples.png", "dcgan_training_analysis.png",
                  "dcgan_diagnostics.json", "dcgan_eval_stats.parquet",
@@ -62,6 +81,12 @@ def test_two_workers_end_to_end(tmp_path, data_dir):
     assert run_cli(["analyze", str(out)]).returncode == 0
     assert run_cli(["sample", "--generator", str(out / "dcgan_generator_final.pth"),
                     "--out", str(tmp_path / "s.png")]).returncode == 0
+    # Rerunning with the same name (default: RUN_DIR's) resumes from the last checkpoint.
+    again = run_cli([*dist_args(out, data_dir, epochs=3, eval_every=0, sample_every=0),
+                     "--name", "run"], timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Restored from the checkpoint at step 40" in again.stdout + again.stderr
+    assert pq.read_table(out / STATS_FILE).to_pydict()["step"] == list(range(60))
 
 
 def test_one_ddp_step_equals_averaged_gradients(tmp_path, data_dir):
@@ -149,18 +174,6 @@ def test_worker_killed_after_a_checkpoint_restarts_and_finishes(tmp_path, data_d
     stats = pq.read_table(out / STATS_FILE).to_pydict()
     assert stats["step"] == list(range(80))  # the requested number of steps, no gaps
     assert "finished" in log and "at step 80" in log
-
-
-def test_rerun_with_the_same_name_resumes(tmp_path, data_dir):
-    out = tmp_path / "run"
-    first = run_cli(dist_args(out, data_dir, epochs=1, eval_every=0, sample_every=0),
-                    timeout=240)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli([*dist_args(out, data_dir, epochs=2, eval_every=0, sample_every=0),
-                      "--name", "run"], timeout=240)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Restored from the checkpoint at step 20" in second.stdout + second.stderr
-    assert pq.read_table(out / STATS_FILE).to_pydict()["step"] == list(range(40))
 
 
 @pytest.mark.parametrize("extra, code, needle", [

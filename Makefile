@@ -16,10 +16,10 @@ METRICS_HOST ?= 127.0.0.1
 MONITOR_TARGET ?= 127.0.0.1:9100
 MONITOR_LISTEN ?= 127.0.0.1:9090
 
-# The default search: 8 trials (trial 0 = the seed's values) of 1200 steps, ASHA.
+# The default search: 8 trials (trial 0 = the seed's values) of 1600 steps, ASHA.
 TUNE_OUT ?= runs/tune
 TRIALS ?= 8
-BUDGET_STEPS ?= 1200
+BUDGET_STEPS ?= 1600
 TUNE_ARGS ?=
 
 # A running Ray cluster's dashboard URL (e.g. http://127.0.0.1:8265 for `make cluster-up`):
@@ -89,6 +89,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check dcgan cluster tune tests
+	$(BIN)/hadolint Dockerfile
 
 bench: install
 	$(BIN)/dcgan bench

@@ -150,19 +150,32 @@ def _reference_step(data_dir, overrides):
 
 
 def test_worker_killed_after_a_checkpoint_restarts_and_finishes(tmp_path, data_dir):
-    out = tmp_path / "run"
-    args = dist_args(out, data_dir, epochs=4, eval_every=0, sample_every=0)
+    """Also: the metrics endpoint outlives the worker group, and the restarted workers'
+    counters continue where the killed ones stopped."""
+    from .test_monitoring import free_port, scrape
+
+    def steps_by_rank() -> dict[str, float]:
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        return {dict(labels)["rank"]: v for (name, labels), v in samples.items()
+                if name == "dcgan_steps_total"}
+
+    out, port = tmp_path / "run", free_port()
+    args = [*dist_args(out, data_dir, epochs=4, eval_every=0, sample_every=0),
+            "--metrics-port", str(port)]
     proc = subprocess.Popen([sys.executable, "-m", "dcgan", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines, killed = [], None
+    lines, killed, before, after = [], None, {}, {}
     try:
         for line in proc.stdout:
             lines.append(line)
             # A few steps after the first checkpoint (Ray registers it asynchronously).
             if killed is None and "[Epoch 1] [Batch 10/20]" in line:
+                before = steps_by_rank()
                 killed = int(re.search(r"pid=(\d+)", line).group(1))
                 os.kill(killed, signal.SIGKILL)
+            if killed and not after and "[Epoch 2] [Batch 10/20]" in line:
+                after = steps_by_rank()  # the restarted group, same endpoint
         proc.wait(timeout=300)
     finally:
         proc.kill()
@@ -170,6 +183,8 @@ def test_worker_killed_after_a_checkpoint_restarts_and_finishes(tmp_path, data_d
     log = "".join(lines)
     assert killed is not None, log[-3000:]
     assert proc.returncode == 0, log[-3000:]
+    assert set(before) == set(after) == {"0", "1"}, (before, after)
+    assert all(after[r] > before[r] for r in after), (before, after)
     assert "Restored from the checkpoint at step 20" in log
     stats = pq.read_table(out / STATS_FILE).to_pydict()
     assert stats["step"] == list(range(80))  # the requested number of steps, no gaps

@@ -165,16 +165,21 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     opts.out.mkdir(parents=True, exist_ok=True)
     if not opts.resume:
         _save_settings(opts, base, space)
-    cores = os.cpu_count() or 1
     w = opts.workers_per_trial
-    concurrent = opts.max_concurrent or max(1, cores // w)
-    threads = max(1, cores // (concurrent * w))
     report_every = max(1, math.ceil(opts.budget_steps / REPORTS_PER_TRIAL))
     reports = math.ceil(opts.budget_steps / report_every)
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
+        # Sized by the cluster's CPUs, not the driver's; one torch thread per trial worker
+        # fits on any node.
+        cores = int(ray.cluster_resources().get("CPU", 1))
+        concurrent = opts.max_concurrent or max(1, cores // w)
+        threads = 1
     else:
+        cores = os.cpu_count() or 1
+        concurrent = opts.max_concurrent or max(1, cores // w)
+        threads = max(1, cores // (concurrent * w))
         # Logical CPUs for every concurrent trial, its workers and Ray Train's controllers.
         ray.init(address="local", include_dashboard=False, log_to_driver=True,
                  num_cpus=max(cores, concurrent * (w * threads + 1) + 1))

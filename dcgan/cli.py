@@ -14,9 +14,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the DCGAN on one device (GPU if any, else CPU)",
                        description="Train the seed's DCGAN on MNIST in RUN_DIR.")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
-    p.add_argument("--config", metavar="FILE", help="YAML file of config keys")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable), e.g. --set epochs=5")
+    _add_config_args(p, "YAML file of config keys",
+                     "override one config key (repeatable), e.g. --set epochs=5")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest full-state checkpoint in RUN_DIR")
     p.add_argument("--overwrite", action="store_true",
@@ -24,6 +23,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_metrics_args(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
+    p.add_argument("--config", metavar="FILE", help=config_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=set_help)
 
 
 def _add_metrics_args(p: argparse.ArgumentParser) -> None:
@@ -106,9 +111,7 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
                         "cluster: 1)")
     p.add_argument("--gpus-per-worker", type=float, default=1.0,
                    help="GPUs per worker when using GPUs (default 1)")
-    p.add_argument("--config", metavar="FILE", help="YAML file of config keys")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable)")
+    _add_config_args(p, "YAML file of config keys", "override one config key (repeatable)")
     _add_metrics_args(p)
     p.set_defaults(func=_cmd_train_distributed)
 
@@ -161,9 +164,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted search with its saved settings")
     p.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
                    help="one GPU per trial worker (auto: if this machine has CUDA)")
-    p.add_argument("--config", metavar="FILE", help="base config (YAML) for every trial")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one base config key (repeatable)")
+    _add_config_args(p, "base config (YAML) for every trial",
+                     "override one base config key (repeatable)")
     _add_metrics_args(p)
     p.set_defaults(func=_cmd_tune)
 

@@ -13,6 +13,7 @@ Two halves, so that every mode shares them:
 
 from __future__ import annotations
 
+import errno
 import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -221,8 +222,7 @@ class MetricsExporter:
 
 
 def port_error(host: str, port: int, exc: OSError) -> str:
-    reason = "already in use" if isinstance(exc, OSError) and exc.errno in (98, 48) \
-        else (exc.strerror or str(exc))
+    reason = "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
     return (f"metrics endpoint {host}:{port}: {reason}; pick another --metrics-port "
             "(0 turns metrics off)")
 

@@ -45,27 +45,16 @@ def dist_args(out, data_dir, **overrides):
 
 def test_two_workers_end_to_end(tmp_path, data_dir):
     """Artifacts, every rank's metrics at the one endpoint, and a rerun that resumes."""
-    from .test_monitoring import background, free_port, scrape
+    from .test_monitoring import background, free_port, watch_ranks
 
     out, port = tmp_path / "run", free_port()
-    seen: dict[str, float] = {}
     with background([*dist_args(out, data_dir), "--metrics-port", str(port)],
                     tmp_path / "run.log") as proc:
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                samples = scrape(f"http://127.0.0.1:{port}/metrics")
-            except OSError:
-                continue
-            for (name, labels), value in samples.items():
-                labels = dict(labels)
-                if name == "dcgan_steps_total" and value > 0:
-                    assert labels["mode"] == "distributed" and labels["run"] == "run"
-                    seen[labels["rank"]] = value
+        seen = watch_ranks(proc, port, timeout=240)
         log = (tmp_path / "run.log").read_text()
         assert proc.wait(timeout=60) == 0, log[-3000:]
     assert set(seen) == {"0", "1"}, log[-3000:]  # both ranks' series at one endpoint
+    assert all(s["mode"] == "distributed" and s["run"] == "run" for s in seen.values())
     assert "SyncBatchNorm off (CPU workers" in log
     for name in ("dcgan_generator_final.pth", "dcgan_discriminator_final.pth", STATS_FILE,
                  "dcgan_final_samples.png", "dcgan_training_analysis.png",
@@ -152,12 +141,7 @@ def _reference_step(data_dir, overrides):
 def test_worker_killed_after_a_checkpoint_restarts_and_finishes(tmp_path, data_dir):
     """Also: the metrics endpoint outlives the worker group, and the restarted workers'
     counters continue where the killed ones stopped."""
-    from .test_monitoring import free_port, scrape
-
-    def steps_by_rank() -> dict[str, float]:
-        samples = scrape(f"http://127.0.0.1:{port}/metrics")
-        return {dict(labels)["rank"]: v for (name, labels), v in samples.items()
-                if name == "dcgan_steps_total"}
+    from .test_monitoring import free_port, steps_by_rank
 
     out, port = tmp_path / "run", free_port()
     args = [*dist_args(out, data_dir, epochs=4, eval_every=0, sample_every=0),
@@ -171,11 +155,12 @@ def test_worker_killed_after_a_checkpoint_restarts_and_finishes(tmp_path, data_d
             lines.append(line)
             # A few steps after the first checkpoint (Ray registers it asynchronously).
             if killed is None and "[Epoch 1] [Batch 10/20]" in line:
-                before = steps_by_rank()
+                before = {r: v for r, (v, _) in steps_by_rank(port).items()}
                 killed = int(re.search(r"pid=(\d+)", line).group(1))
                 os.kill(killed, signal.SIGKILL)
             if killed and not after and "[Epoch 2] [Batch 10/20]" in line:
-                after = steps_by_rank()  # the restarted group, same endpoint
+                # The restarted group, same endpoint.
+                after = {r: v for r, (v, _) in steps_by_rank(port).items()}
         proc.wait(timeout=300)
     finally:
         proc.kill()

@@ -67,6 +67,31 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+def steps_by_rank(port: int) -> dict[str, tuple[float, dict]]:
+    """rank -> (dcgan_steps_total, its labels) at a local metrics endpoint."""
+    return {dict(labels)["rank"]: (value, dict(labels))
+            for (name, labels), value in scrape(f"http://127.0.0.1:{port}/metrics").items()
+            if name == "dcgan_steps_total"}
+
+
+def watch_ranks(proc: subprocess.Popen, port: int, timeout: float,
+                stop_at: int | None = None) -> dict[str, dict]:
+    """Poll the endpoint while ``proc`` runs: rank -> labels of every rank that has stepped
+    (until ``stop_at`` ranks have, the process ends, or ``timeout`` passes)."""
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if stop_at is not None and len(seen) >= stop_at:
+            break
+        time.sleep(0.5)
+        try:
+            ranks = steps_by_rank(port)
+        except OSError:  # not serving yet
+            continue
+        seen.update({rank: labels for rank, (value, labels) in ranks.items() if value > 0})
+    return seen
+
+
 @contextlib.contextmanager
 def background(args: list[str], log: Path):
     """A dcgan command in its own process group, stopped (and reaped) whatever happens."""

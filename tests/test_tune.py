@@ -278,7 +278,7 @@ def test_restored_trial_keeps_its_own_mutated_hyperparameters(data_dir):
 def test_trial_with_two_workers_reports_metrics_by_trial_and_rank(tmp_path, data_dir):
     """--workers-per-trial 2: a TorchTrainer per trial (Train-in-Tune), every rank's series
     at the search's one metrics endpoint, labelled by trial."""
-    from .test_monitoring import background, free_port, scrape
+    from .test_monitoring import background, free_port, watch_ranks
 
     port = free_port()
     out = tmp_path / "search"
@@ -288,27 +288,17 @@ def test_trial_with_two_workers_reports_metrics_by_trial_and_rank(tmp_path, data
             *sets({"train_subset": 640, "batch_size": 32, "device": "cpu", "eval_samples": 200,
                    "log_every": 4, "data_dir": data_dir})]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    seen: dict[str, str] = {}
     try:
         with background(args, tmp_path / "tune.log") as proc:
-            deadline = time.monotonic() + 200
-            while len(seen) < 2 and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-                try:
-                    samples = scrape(f"http://127.0.0.1:{port}/metrics")
-                except OSError:
-                    continue
-                for (name, labels), value in samples.items():
-                    labels = dict(labels)
-                    if name == "dcgan_steps_total" and value > 0:
-                        assert labels["mode"] == "tune" and labels["run"] == "search"
-                        seen[labels["rank"]] = labels["trial"]
+            seen = watch_ranks(proc, port, timeout=200, stop_at=2)
             log = (tmp_path / "tune.log").read_text()
-            assert set(seen) == {"0", "1"} and all(seen.values()), log[-3000:]
+            assert set(seen) == {"0", "1"}, log[-3000:]
+            assert all(s["mode"] == "tune" and s["run"] == "search" and s["trial"]
+                       for s in seen.values()), seen
             assert proc.wait(timeout=200) == 0, log[-3000:]
     finally:
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
                        capture_output=True, timeout=60, env=env)
     table = pq.read_table(out / "trials.parquet").to_pylist()
-    assert len(table) == 1 and table[0]["step"] == 40 and table[0]["trial_id"] == seen["0"]
+    assert len(table) == 1 and table[0]["step"] == 40 and table[0]["trial_id"] == seen["0"]["trial"]
     assert (out / "best_generator.pth").exists()  # from the Ray Train checkpoint

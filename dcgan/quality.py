@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
 
 from dcgan.errors import DCGANError
 from dcgan.evaluator import FEATURE_DIM, VERSION, MnistClassifier
@@ -64,6 +62,10 @@ class QualityMeter:
     """Holds the classifier and the real reference statistics (computed once)."""
 
     def __init__(self, classifier: MnistClassifier, real: torch.Tensor, batch: int = 1000):
+        # torchmetrics pulls in torchvision and matplotlib (seconds): commands that fail on
+        # bad input should not pay for them.
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
         self.clf = classifier.eval()
         self.device = next(classifier.parameters()).device
         self.batch = batch
@@ -84,6 +86,8 @@ class QualityMeter:
             raise QualityError(f"{n} samples are too few: FID needs more samples than its "
                                f"{FEATURE_DIM} feature dimensions (at least {MIN_SAMPLES}; "
                                "10,000 is the standard)")
+        from torchmetrics.image.inception import InceptionScore
+
         # IS shuffles with the global RNG: keep training's RNG untouched.
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.utils import make_grid, save_image
 
 from dcgan.io import atomic_write_bytes
 
@@ -29,6 +28,10 @@ def generate(generator: nn.Module, noise: torch.Tensor) -> torch.Tensor:
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
     """Save images in [-1, 1] as one PNG grid, atomically."""
+    # Imported here: torchvision costs about 2 s at import, which every command that only
+    # validates its input (and fails in a second) would otherwise pay.
+    from torchvision.utils import make_grid, save_image
+
     grid = make_grid(images.detach().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1),
                      padding=2)
     buf = io.BytesIO()

@@ -31,6 +31,7 @@ from dcgan.data import check_mnist
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 from dcgan.io import atomic_write_bytes, atomic_write_text
 from dcgan.metrics import check_metrics_args
+from dcgan.trainer import derive_seed
 from tune.objective import METRICS, guard
 from tune.space import SpaceError, load_space, mutations, to_tune, validate_space
 from tune.trial import STATE_FILE, run_trial
@@ -153,15 +154,16 @@ def _scheduler(name: str, space: dict[str, Any], reports: int):
 
 
 def run_search(opts: SearchOptions) -> dict[str, Any]:
+    started = time.perf_counter()
+    opts.out = Path(opts.out).resolve()
+    base, space = check_options(opts)  # before Ray's imports: bad input fails in a second
+
     import ray
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
     from cluster.metrics_hub import start_hub
 
-    started = time.perf_counter()
-    opts.out = Path(opts.out).resolve()
-    base, space = check_options(opts)
     opts.out.mkdir(parents=True, exist_ok=True)
     if not opts.resume:
         _save_settings(opts, base, space)
@@ -210,8 +212,10 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
                 trainable, param_space=to_tune(space),
                 tune_config=tune.TuneConfig(
                     metric="objective", mode="min", num_samples=opts.trials,
-                    search_alg=BasicVariantGenerator(points_to_evaluate=first,
-                                                     max_concurrent=concurrent),
+                    # Seeded by the config's seed: the same command samples the same trials.
+                    search_alg=BasicVariantGenerator(
+                        points_to_evaluate=first, max_concurrent=concurrent,
+                        random_state=derive_seed(base.seed, "search") % 2**32),
                     max_concurrent_trials=concurrent,
                     scheduler=_scheduler(opts.scheduler, space, reports)),
                 run_config=tune.RunConfig(

@@ -116,17 +116,20 @@ def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.metrics_hub import start_hub
-    from cluster.worker import train_loop_per_worker
+    from cluster.worker import print_once_per_line, train_loop_per_worker
 
+    print_once_per_line()
     t0 = time.perf_counter()
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         # A fresh local instance with enough *logical* CPUs for every worker plus Ray
-        # Train's controller, so that a 2-core machine cannot deadlock on resources.
+        # Train's controller, so that a 2-core machine cannot deadlock on resources. The
+        # dashboard serves the State API that Ray Train's placement-group cleaner polls
+        # (without it, a warning every second); Ray picks a free port if 8265 is taken.
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1,
                                                 int(workers * cpus_per_worker) + 1),
-                 include_dashboard=False, log_to_driver=True)
+                 include_dashboard=True, log_to_driver=True)
     try:
         loop_config = {"config": cfg.to_dict(), "run_dir": str(run_dir),
                        "started_at": started_at, "threads": max(1, int(cpus_per_worker))}

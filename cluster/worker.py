@@ -4,6 +4,7 @@ wrapping, a data shard, rank-averaged statistics and rank-0-only side effects in
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +27,13 @@ from dcgan.trainer import Callback, Trainer
 
 STATE_FILE = "state.pt"
 TIMING_FILE = "dcgan_timing.json"
+
+
+def print_once_per_line() -> None:
+    """Call before building a TorchTrainer. Ray Train 2.60 patches ``print`` in its workers
+    to log through a handler on stderr and also tees it to stdout, so every line of the
+    worker loop reached the driver twice. An operator's own setting wins."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 
 def use_sync_batchnorm(cfg: TrainConfig, device: torch.device) -> bool:

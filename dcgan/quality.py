@@ -7,8 +7,11 @@ set; IS uses its 10-way logits (so it is at most 10).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +21,8 @@ from dcgan.evaluator import FEATURE_DIM, VERSION, MnistClassifier
 
 COVERED_FRACTION = 0.02  # a class is covered when more than 2% of samples fall in it
 IS_SPLITS = 10
+# torchmetrics' FID states that hold the real images' statistics.
+REFERENCE_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 MIN_SAMPLES = FEATURE_DIM + 1  # a full-rank covariance of the features needs more samples
 
 
@@ -61,7 +66,11 @@ class Quality:
 class QualityMeter:
     """Holds the classifier and the real reference statistics (computed once)."""
 
-    def __init__(self, classifier: MnistClassifier, real: torch.Tensor, batch: int = 1000):
+    def __init__(self, classifier: MnistClassifier, real: torch.Tensor, batch: int = 1000,
+                 cache: Path | None = None):
+        """``cache``: a folder for the reference statistics, keyed by the classifier's
+        weights and ``real``. They cost seconds per run on a CPU (10,000 images through the
+        classifier) and never change for the same inputs."""
         # torchmetrics pulls in torchvision and matplotlib (seconds): commands that fail on
         # bad input should not pay for them.
         from torchmetrics.image.fid import FrechetInceptionDistance
@@ -74,9 +83,37 @@ class QualityMeter:
         self.fid = FrechetInceptionDistance(feature=_Precomputed(), reset_real_features=False,
                                             input_img_size=(FEATURE_DIM,),
                                             sync_on_compute=False).to(self.device)
-        with torch.no_grad():
-            for chunk in real.split(batch):
-                self.fid.update(self.clf.features(chunk.to(self.device).float()), real=True)
+        path = cache / f"fid-reference-{reference_key(classifier, real)}.pt" if cache else None
+        if not self._load_reference(path):
+            with torch.no_grad():
+                for chunk in real.split(batch):
+                    self.fid.update(self.clf.features(chunk.to(self.device).float()), real=True)
+            self._save_reference(path)
+
+    def _load_reference(self, path: Path | None) -> bool:
+        if path is None or not path.is_file():
+            return False
+        try:
+            states = torch.load(path, map_location="cpu", weights_only=True)
+            ok = all(states[name].shape == getattr(self.fid, name).shape
+                     for name in REFERENCE_STATES)
+        except Exception:  # a corrupt or foreign file: recomputed and replaced
+            return False
+        if ok:
+            for name in REFERENCE_STATES:
+                setattr(self.fid, name, states[name].to(self.device))
+        return ok
+
+    def _save_reference(self, path: Path | None) -> None:
+        from dcgan.checkpoint import save_torch
+
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_torch({name: getattr(self.fid, name).cpu() for name in REFERENCE_STATES}, path)
+        except OSError:
+            pass  # an unwritable cache only costs the recomputation next time
 
     @torch.no_grad()
     def measure(self, fake: torch.Tensor) -> Quality:
@@ -113,6 +150,23 @@ class QualityMeter:
             mean_confidence=float(p.max(1).values.mean()))
 
 
+def cache_dir() -> Path:
+    """Recomputable files: ``DCGAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/dcgan``, else
+    ``~/.cache/dcgan``."""
+    if os.environ.get("DCGAN_CACHE_DIR"):
+        return Path(os.environ["DCGAN_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dcgan"
+
+
+def reference_key(classifier: nn.Module, real: torch.Tensor) -> str:
+    """Changes with any classifier weight and any reference pixel."""
+    digest = hashlib.sha256(VERSION.encode())
+    for tensor in (*classifier.state_dict().values(), real):
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]
+
+
 def build_meter(data_dir: str, device: str | torch.device = "cpu",
                 classifier: str | None = None) -> QualityMeter:
     """The classifier and the MNIST test set's reference statistics."""
@@ -121,4 +175,4 @@ def build_meter(data_dir: str, device: str | torch.device = "cpu",
 
     clf = load_classifier(classifier, device)
     test_images, _ = load_mnist(data_dir, train=False)
-    return QualityMeter(clf, to_model_range(test_images))
+    return QualityMeter(clf, to_model_range(test_images), cache=cache_dir())

@@ -40,6 +40,21 @@ def test_classifier_accuracy_on_the_mnist_test_set(test_set):
     assert accuracy(load_classifier(), *test_set) >= 0.985
 
 
+def test_reference_statistics_are_cached_and_a_bad_cache_is_recomputed(tmp_path, test_set):
+    clf, real, fake = load_classifier(), test_set[0][:1000], test_set[0][5000:5300]
+    expected = QualityMeter(clf, real).measure(fake).fid
+    QualityMeter(clf, real, cache=tmp_path)
+    (cached,) = tmp_path.glob("fid-reference-*.pt")
+    written = cached.stat().st_mtime_ns
+    assert QualityMeter(clf, real, cache=tmp_path).measure(fake).fid == expected
+    assert cached.stat().st_mtime_ns == written  # read, not recomputed
+    cached.write_bytes(b"not a tensor file")
+    assert QualityMeter(clf, real, cache=tmp_path).measure(fake).fid == expected
+    assert torch.load(cached, weights_only=True)["real_features_num_samples"] == 1000
+    QualityMeter(clf, real[:900], cache=tmp_path)  # other reference images, other file
+    assert len(list(tmp_path.glob("fid-reference-*.pt"))) == 2
+
+
 def test_identical_sets_have_zero_fid(meter, test_set):
     q = meter.measure(test_set[0])
     assert q.fid == pytest.approx(0.0, abs=1e-3)

@@ -183,7 +183,8 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         concurrent = opts.max_concurrent or max(1, cores // w)
         threads = max(1, cores // (concurrent * w))
         # Logical CPUs for every concurrent trial, its workers and Ray Train's controllers.
-        ray.init(address="local", include_dashboard=False, log_to_driver=True,
+        # The dashboard serves the State API that Ray Train's cleaner polls (W > 1).
+        ray.init(address="local", include_dashboard=True, log_to_driver=True,
                  num_cpus=max(cores, concurrent * (w * threads + 1) + 1))
     try:
         hub = None

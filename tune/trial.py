@@ -119,8 +119,9 @@ def _train_with_workers(cfg: TrainConfig, report: dict[str, Any], threads: int,
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from cluster.worker import train_loop_per_worker
+    from cluster.worker import print_once_per_line, train_loop_per_worker
 
+    print_once_per_line()
     global_batch = cfg.batch_size
     if global_batch % workers:
         raise ValueError(f"batch_size {global_batch} does not divide over {workers} workers")

@@ -42,9 +42,11 @@ def use_sync_batchnorm(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def make_wrapper(device: torch.device, sync_bn: bool):
-    """DDP for one network. ``broadcast_buffers=False``: D runs two forwards (real, fake)
-    before its backward, which the default buffer broadcast turns into an in-place error on
-    recent PyTorch (DESIGN.md section 3); BatchNorm statistics stay per rank, or are
+    """DDP for one network. ``forward_sync_buffers=False`` (PyTorch 2.14's name for
+    ``broadcast_buffers=False``, which now warns): D runs two forwards (real, fake) before
+    its backward, which a buffer broadcast in forward turns into an in-place error
+    (DESIGN.md section 3). Buffers are synced once at construction, when every rank holds
+    the same initial weights anyway; after that BatchNorm statistics stay per rank, or are
     synchronised across ranks by SyncBatchNorm on GPUs."""
     from ray.train.torch import prepare_model
 
@@ -52,7 +54,7 @@ def make_wrapper(device: torch.device, sync_bn: bool):
         if sync_bn:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         return prepare_model(module, move_to_device=False,
-                             parallel_strategy_kwargs={"broadcast_buffers": False})
+                             parallel_strategy_kwargs={"forward_sync_buffers": False})
 
     return wrap
 

@@ -35,6 +35,20 @@ def resolve_use_gpu(flag: str) -> bool:
     return flag == "true"
 
 
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address``, or start a fresh local instance with ``num_cpus``
+    logical CPUs. Local instances run the dashboard: it serves the State API that Ray
+    Train's placement-group cleaner polls (without it, a warning every second); Ray picks a
+    free port if 8265 is taken."""
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                 log_to_driver=True)
+
+
 def check_address(address: str) -> None:
     """Fail fast on an unreachable cluster instead of letting ray.init retry for minutes."""
     if address in ("auto", "local"):
@@ -120,16 +134,9 @@ def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str 
 
     print_once_per_line()
     t0 = time.perf_counter()
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # A fresh local instance with enough *logical* CPUs for every worker plus Ray
-        # Train's controller, so that a 2-core machine cannot deadlock on resources. The
-        # dashboard serves the State API that Ray Train's placement-group cleaner polls
-        # (without it, a warning every second); Ray picks a free port if 8265 is taken.
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1,
-                                                int(workers * cpus_per_worker) + 1),
-                 include_dashboard=True, log_to_driver=True)
+    # A local instance gets enough *logical* CPUs for every worker plus Ray Train's
+    # controller, so that a 2-core machine cannot deadlock on resources.
+    init_ray(address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1))
     try:
         loop_config = {"config": cfg.to_dict(), "run_dir": str(run_dir),
                        "started_at": started_at, "threads": max(1, int(cpus_per_worker))}

@@ -119,6 +119,12 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div(255).sub(0.5).div(0.5)
 
 
+def as_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as loaded (N, 28, 28), or float (N, 1, 28, 28) already in [-1, 1]: float
+    (N, 1, 28, 28) in [-1, 1] either way."""
+    return to_model_range(images) if images.dtype == torch.uint8 else images.float()
+
+
 class BatchSampler:
     """Seeded, per-epoch shuffled batches of an in-memory image tensor.
 
@@ -154,9 +160,7 @@ class BatchSampler:
     def take(self, indices: torch.Tensor) -> torch.Tensor:
         """Images at ``indices`` as a float batch in [-1, 1], normalised where they live
         (on the GPU in GPU mode: no per-batch host-to-device copy)."""
-        batch = self.images.index_select(0, indices.to(self.images.device))
-        if batch.dtype == torch.uint8:
-            batch = to_model_range(batch)
+        batch = as_model_input(self.images.index_select(0, indices.to(self.images.device)))
         return batch.contiguous(memory_format=self.memory_format)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:

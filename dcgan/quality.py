@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dcgan.checkpoint import save_torch
 from dcgan.errors import DCGANError
 from dcgan.evaluator import FEATURE_DIM, VERSION, MnistClassifier
 
@@ -105,8 +106,6 @@ class QualityMeter:
         return ok
 
     def _save_reference(self, path: Path | None) -> None:
-        from dcgan.checkpoint import save_torch
-
         if path is None:
             return
         try:

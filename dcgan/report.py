@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from dcgan.analysis import ANALYSIS_FILE, save_analysis
-from dcgan.data import to_model_range
+from dcgan.data import as_model_input
 from dcgan.diagnostics import (
     DEFAULT_WINDOW,
     REQUIRED_COLUMNS,
@@ -40,8 +40,7 @@ class StatsError(DCGANError):
 def real_reference(images: torch.Tensor, n: int = DIVERSITY_SAMPLES) -> torch.Tensor:
     """``n`` real images at evenly spaced indices: deterministic and draws on no RNG."""
     idx = torch.linspace(0, images.shape[0] - 1, min(n, images.shape[0])).long()
-    picked = images[idx.to(images.device)]
-    return to_model_range(picked) if picked.dtype == torch.uint8 else picked.float()
+    return as_model_input(images[idx.to(images.device)])
 
 
 def write_diagnostics(run_dir: Path, diag: Diagnosis, columns: dict, smooth: int | None = None,
@@ -156,7 +155,7 @@ def analyze_run(run_dir: str | Path, window: int = DEFAULT_WINDOW, smooth: int |
 
 def _diversity_inputs(run_dir: Path, config: dict) -> tuple[dict, str]:
     """Samples of the newest generator and real images for the mode-collapse check, if any."""
-    from dcgan.data import load_mnist, to_model_range
+    from dcgan.data import load_mnist
     from dcgan.generation import load_generator, sample
 
     path = _newest_generator(run_dir)
@@ -169,4 +168,4 @@ def _diversity_inputs(run_dir: Path, config: dict) -> tuple[dict, str]:
     except DCGANError as exc:
         return {}, f"note: mode-collapse check skipped ({exc})"
     return {"samples": sample(g, DIVERSITY_SAMPLES, seed=0),
-            "real": real_reference(to_model_range(images))}, ""
+            "real": real_reference(images)}, ""

@@ -31,13 +31,9 @@ def cache_dir(tmp_path_factory) -> Path:
     """The suite's own cache (FID reference statistics), shared by every run it starts
     (CLI subprocesses and Ray workers inherit the environment), never the user's."""
     path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("DCGAN_CACHE_DIR")
-    os.environ["DCGAN_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("DCGAN_CACHE_DIR", None)
-    else:
-        os.environ["DCGAN_CACHE_DIR"] = old
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DCGAN_CACHE_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

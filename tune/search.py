@@ -162,6 +162,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    from cluster.launch import init_ray
     from cluster.metrics_hub import start_hub
 
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +173,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     reports = math.ceil(opts.budget_steps / report_every)
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        init_ray(address)
         # Sized by the cluster's CPUs, not the driver's; one torch thread per trial worker
         # fits on any node.
         cores = int(ray.cluster_resources().get("CPU", 1))
@@ -183,9 +184,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         concurrent = opts.max_concurrent or max(1, cores // w)
         threads = max(1, cores // (concurrent * w))
         # Logical CPUs for every concurrent trial, its workers and Ray Train's controllers.
-        # The dashboard serves the State API that Ray Train's cleaner polls (W > 1).
-        ray.init(address="local", include_dashboard=True, log_to_driver=True,
-                 num_cpus=max(cores, concurrent * (w * threads + 1) + 1))
+        init_ray(None, num_cpus=max(cores, concurrent * (w * threads + 1) + 1))
     try:
         hub = None
         if opts.metrics_port:

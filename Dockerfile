@@ -31,6 +31,7 @@ COPY README.md ./
 COPY dcgan ./dcgan
 COPY cluster ./cluster
 COPY tune ./tune
+COPY benchmarks ./benchmarks
 RUN pip install --no-deps . && dcgan --help > /dev/null
 
 # -- runtime: the environment, the configs, a non-root user --------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dcgan.metrics import MetricsError, MetricsExporter, MetricsUpdate
+from dcgan.monitoring import MetricsError, MetricsExporter, MetricsUpdate
 
 
 class MetricsHub:

@@ -63,7 +63,7 @@ def prometheus_command(config: Path, data_dir: Path, listen: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.monitor", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m dcgan_cluster.monitor", description=__doc__)
     p.add_argument("--target", action="append", default=None, metavar="HOST:PORT",
                    help="a dcgan metrics endpoint (repeatable; default 127.0.0.1:9100)")
     p.add_argument("--listen", default="127.0.0.1:9090", help="Prometheus web address")

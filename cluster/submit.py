@@ -1,6 +1,6 @@
 """Submit a ``dcgan`` command to a running Ray cluster through the Ray Jobs API.
 
-    python -m cluster.submit --address http://127.0.0.1:8265 -- \
+    python -m dcgan_cluster.submit --address http://127.0.0.1:8265 -- \
         dcgan train-distributed --out /storage/runs/mnist --workers 2 --storage /storage/ray
 
 The command runs on the head node as the job's driver (so ``train-distributed`` and ``tune``
@@ -95,7 +95,7 @@ def submit(address: str, command: list[str], env: dict[str, str] | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cluster.submit", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dcgan_cluster.submit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", required=True, help="the Ray dashboard URL (Jobs API)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",

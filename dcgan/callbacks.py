@@ -1,7 +1,8 @@
-"""The local sinks of the training loop: console, progress bar, samples, checkpoints, files.
+"""The side effects of the training loop: console, progress bar, samples, quality, checkpoints,
+stats and final files.
 
-Each is a small ``Callback``; a run picks the ones it needs (distributed workers other than
-rank 0 pick none of the file writers).
+Each is a small ``Callback``; ``dcgan.assembly`` picks the ones a process needs (distributed
+workers other than rank 0, and search trials, pick none of the file writers).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from dcgan.checkpoint import save_state, save_torch
-from dcgan.samples import generate, save_grid
+from dcgan.checkpoint import StateStore, save_torch
+from dcgan.generation import generate, sample, save_grid
 from dcgan.stats import EVAL_FILE, STATS_FILE, write_evals_parquet
-from dcgan.trainer import Callback, Outcome, Trainer
+from dcgan.trainer import Callback, Outcome, Trainer, derive_seed
 
 GENERATOR_FINAL = "dcgan_generator_final.pth"
 DISCRIMINATOR_FINAL = "dcgan_discriminator_final.pth"
@@ -124,34 +125,50 @@ class SampleWriter(Callback):
                       f"dcgan_samples_epoch_{trainer.epoch}_batch_{trainer.batch}.png")
 
 
-class Checkpointer(Callback):
-    """Full-state checkpoints (every ``checkpoint_every`` epochs, every
-    ``checkpoint_every_steps`` steps, and when training stops) plus the seed's per-epoch
-    weight files. The stats file is rewritten with every full state so the two agree.
+class WeightFiles(Callback):
+    """The seed's per-epoch weight files, every ``checkpoint_every`` epochs:
+    ``dcgan_generator_epoch_{E}.pth`` and ``dcgan_discriminator_epoch_{E}.pth``."""
 
-    ``persist`` is where a state goes: ``RUN_DIR/checkpoints`` here; distributed mode
-    overrides it to report the state to Ray Train (on every rank, rank 0 writing files)."""
-
-    def __init__(self, run_dir: Path, write: Callable[[str], None] = print,
-                 writes_files: bool = True):
+    def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.write = write
-        self.writes_files = writes_files
-        self.last_path: Path | None = None
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        every = trainer.cfg.checkpoint_every
+        done = trainer.step // trainer.batches_per_epoch  # epochs completed
+        if every and done % every == 0:
+            save_torch(_state_cpu(trainer.generator),
+                       self.run_dir / f"dcgan_generator_epoch_{done}.pth")
+            save_torch(_state_cpu(trainer.discriminator),
+                       self.run_dir / f"dcgan_discriminator_epoch_{done}.pth")
+
+
+class Checkpointer(Callback):
+    """When full states are saved: every ``checkpoint_every`` epochs, every
+    ``checkpoint_every_steps`` steps, and when training stops (not after a divergence: the
+    last good state stays the newest). Where a state goes is the ``store``'s business.
+
+    Every rank of a distributed run saves at the same steps (a Ray report is a barrier).
+    ``report`` adds a search's metrics to what travels with each state; ``write`` (the
+    process that talks to the user) announces saves, and ``resume_hint`` says how to go on
+    after an interruption."""
+
+    def __init__(self, store: StateStore, write: Callable[[str], None] | None = None,
+                 report: Callable[[Trainer], dict] | None = None, resume_hint: str = ""):
+        self.store, self.write, self.report, self.resume_hint = store, write, report, resume_hint
+        self.last: str | None = None
         self._saved_step = -1
 
-    def persist(self, trainer: Trainer, state: dict) -> Path:
-        return save_state(self.run_dir, state)
-
-    def save(self, trainer: Trainer) -> Path | None:
+    def save(self, trainer: Trainer) -> str | None:
         if self._saved_step == trainer.step:
-            return self.last_path
+            return self.last
         state = trainer.state_dict()
-        self.last_path = self.persist(trainer, state)
-        if self.writes_files:
-            trainer.stats.write_parquet(self.run_dir / STATS_FILE)
+        info = {"step": trainer.step, "epoch": trainer.step / trainer.batches_per_epoch}
+        if self.report is not None:
+            info.update(self.report(trainer))
+        self.last = self.store.save(state, info)
         self._saved_step = trainer.step
-        return self.last_path
+        trainer.state_saved(self.last)
+        return self.last
 
     def on_step_end(self, trainer: Trainer) -> None:
         every = trainer.cfg.checkpoint_every_steps
@@ -162,33 +179,22 @@ class Checkpointer(Callback):
         every = trainer.cfg.checkpoint_every
         done = trainer.step // trainer.batches_per_epoch  # epochs completed
         if every and done % every == 0:
-            if self.writes_files:
-                save_torch(_state_cpu(trainer.generator),
-                           self.run_dir / f"dcgan_generator_epoch_{done}.pth")
-                save_torch(_state_cpu(trainer.discriminator),
-                           self.run_dir / f"dcgan_discriminator_epoch_{done}.pth")
-            path = self.save(trainer)
-            if self.writes_files:
-                self.write(f"Checkpoint after epoch {done}: {path}")
+            where = self.save(trainer)
+            if self.write is not None:
+                self.write(f"Checkpoint after epoch {done}: {where}")
 
     def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
         if outcome is Outcome.DIVERGED:
-            # Keep the last good checkpoint; record the stats that show the divergence.
-            if self.writes_files:
-                trainer.stats.write_parquet(self.run_dir / STATS_FILE)
             return
-        path = self.save(trainer)
-        if outcome is Outcome.INTERRUPTED and self.writes_files:
+        where = self.save(trainer)
+        if outcome is Outcome.INTERRUPTED and self.write is not None:
             self.write(f"Stopped ({trainer.stop_requested}) at step {trainer.step}; state saved "
-                       f"to {path}. Resume with: dcgan train --out {self.run_dir} --resume")
+                       f"to {where}. {self.resume_hint}".rstrip())
 
 
 def record_quality(trainer: Trainer, meter):
     """Score ``eval_samples`` images of the current generator and append the row to the
     stats' evaluations (once per step). Leaves the training RNGs untouched."""
-    from dcgan.generation import sample
-    from dcgan.trainer import derive_seed
-
     evals = trainer.stats.evals
     if evals and evals[-1]["step"] == trainer.step:
         return None
@@ -201,18 +207,31 @@ def record_quality(trainer: Trainer, meter):
 
 
 class QualityEvaluator(Callback):
-    """FID, IS and class coverage of ``eval_samples`` images every ``eval_every`` epochs and
-    at the end, kept with the stats (and in checkpoints) and written to ``EVAL_FILE``."""
+    """FID, IS and class coverage of ``eval_samples`` images, kept with the stats (and so in
+    checkpoints): every ``eval_every`` epochs and at the end, or, for a search trial, every
+    ``every_steps`` steps and at its last step (so that each report carries a fresh score).
+    With a ``run_dir`` the evaluations are also written to ``EVAL_FILE``."""
 
-    def __init__(self, run_dir: Path, meter, write: Callable[[str], None] = print):
-        self.run_dir, self.meter, self.write = Path(run_dir), meter, write
+    def __init__(self, meter, run_dir: Path | None = None,
+                 write: Callable[[str], None] | None = None, every_steps: int = 0):
+        self.meter, self.write, self.every_steps = meter, write, every_steps
+        self.run_dir = Path(run_dir) if run_dir is not None else None
 
     def evaluate(self, trainer: Trainer) -> None:
         quality = record_quality(trainer, self.meter)
         if quality is None:
             return
-        write_evals_parquet(trainer.stats.evals, self.run_dir / EVAL_FILE)
-        self.write(f"[Epoch {trainer.epoch}] quality ({quality.n} samples): {quality.summary()}")
+        if self.run_dir is not None:
+            write_evals_parquet(trainer.stats.evals, self.run_dir / EVAL_FILE)
+        if self.write is not None:
+            self.write(f"[Epoch {trainer.epoch}] quality ({quality.n} samples): "
+                       f"{quality.summary()}")
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        every = self.every_steps
+        if every and (trainer.step % every == 0 or trainer.step >= trainer.total_steps):
+            trainer.flush()
+            self.evaluate(trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         every = trainer.cfg.eval_every
@@ -225,14 +244,29 @@ class QualityEvaluator(Callback):
 
 
 class StatsWriter(Callback):
-    """Rewrites the Parquet stats at every epoch end, so ``dcgan analyze`` can follow a run."""
+    """Rewrites the Parquet stats at every epoch end (so ``dcgan analyze`` can follow a run),
+    whenever a full state is saved (so the two agree) and when training stops; at most once
+    per step."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
+        self._written_step = -1
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def write(self, trainer: Trainer) -> None:
+        if self._written_step == trainer.step:
+            return
         trainer.flush()
         trainer.stats.write_parquet(self.run_dir / STATS_FILE)
+        self._written_step = trainer.step
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self.write(trainer)
+
+    def on_state_saved(self, trainer: Trainer, where: str) -> None:
+        self.write(trainer)
+
+    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
+        self.write(trainer)  # after a divergence: the stats that show it
 
 
 class FinalArtifacts(Callback):

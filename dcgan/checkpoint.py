@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -74,6 +74,26 @@ def save_state(run_dir: str | Path, state: dict[str, Any]) -> Path:
     for leftover in path.parent.glob(".state_step_*.tmp"):  # from a writer killed mid-write
         leftover.unlink(missing_ok=True)
     return path
+
+
+class StateStore(Protocol):
+    """Where full states go: ``LocalStore`` here; in distributed workers and search trials,
+    a Ray Train or Tune report (``dcgan_cluster.ray_train.RayStore``)."""
+
+    def save(self, state: dict[str, Any], report: dict[str, Any]) -> str:
+        """Keep ``state``; ``report`` (step, epoch, a search's metrics) goes with it where
+        the store has a use for it. Returns where the state went, for log lines."""
+        ...
+
+
+class LocalStore:
+    """``RUN_DIR/checkpoints/state_step_*.pt``, the newest ``KEEP_LATEST`` kept."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+
+    def save(self, state: dict[str, Any], report: dict[str, Any]) -> str:
+        return str(save_state(self.run_dir, state))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from dcgan.bench import main as bench_main
+    from dcgan_benchmarks.throughput import main as bench_main
 
     return bench_main(args)
 
@@ -86,7 +86,7 @@ def _add_bench_gpu(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench_gpu(args: argparse.Namespace) -> int:
-    from dcgan.bench_gpu import main as bench_gpu_main
+    from dcgan_benchmarks.gpu import main as bench_gpu_main
 
     return bench_gpu_main(args)
 
@@ -117,7 +117,7 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train_distributed(args: argparse.Namespace) -> int:
-    from cluster.launch import train_distributed
+    from dcgan_cluster.launch import train_distributed
 
     out = train_distributed(args.out, args.workers, use_gpu=args.use_gpu, address=args.address,
                             storage=args.storage, name=args.name, config_path=args.config,
@@ -171,8 +171,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from cluster.launch import resolve_use_gpu
-    from tune.search import SearchOptions, run_search
+    from dcgan_cluster.preflight import resolve_use_gpu
+    from dcgan_tune.search import SearchOptions, run_search
 
     run_search(SearchOptions(
         out=args.out, trials=args.trials, max_concurrent=args.max_concurrent,
@@ -235,8 +235,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from dcgan.generation import load_generator, sample, save_tensor
-    from dcgan.samples import save_grid
+    from dcgan.generation import load_generator, sample, save_grid, save_tensor
 
     _check_suffix(args.out, (".png",), "--out")
     if args.save_tensor:
@@ -263,8 +262,7 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
-    from dcgan.generation import interpolate, load_generator, save_gif
-    from dcgan.samples import save_grid
+    from dcgan.generation import interpolate, load_generator, save_gif, save_grid
 
     _check_suffix(args.out, (".png",), "--out")
     if args.gif:
@@ -350,19 +348,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_evaluator(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluator", help="the fixed MNIST classifier behind FID and IS")
+def _add_classifier(sub: argparse._SubParsersAction) -> None:
+    # "evaluator": the command's name before it was renamed (beside `evaluate` it misled).
+    p = sub.add_parser("classifier", aliases=["evaluator"],
+                       help="the fixed MNIST classifier behind FID and IS")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     t = actions.add_parser("train", help="train the classifier deterministically")
     t.add_argument("--out", metavar="PATH", help="weights file (default: the packaged one)")
     t.add_argument("--epochs", type=_positive, default=5)
     t.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
-    t.set_defaults(func=_cmd_evaluator_train)
+    t.set_defaults(func=_cmd_classifier_train)
 
 
-def _cmd_evaluator_train(args: argparse.Namespace) -> int:
+def _cmd_classifier_train(args: argparse.Namespace) -> int:
+    from dcgan.classifier import WEIGHTS_PATH, save_classifier, train_classifier
     from dcgan.config import TrainConfig
-    from dcgan.evaluator import WEIGHTS_PATH, save_classifier, train_classifier
 
     model, acc = train_classifier(args.data_dir or TrainConfig().data_dir, epochs=args.epochs)
     out = args.out or WEIGHTS_PATH
@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_interpolate(sub)
     _add_evaluate(sub)
-    _add_evaluator(sub)
+    _add_classifier(sub)
     _add_bench(sub)
     _add_bench_gpu(sub)
     return parser

@@ -33,7 +33,7 @@ def _default_data_dir() -> str:
 class TrainConfig:
     # Optimisation (the seed: DCGAN paper values).
     epochs: int = 30  # full passes over the training set
-    batch_size: int = 64  # images per step (per worker in distributed mode)
+    batch_size: int = 64  # images per step; global: N workers take batch_size / N each
     g_lr: float = 2e-4  # generator Adam learning rate
     d_lr: float = 2e-4  # discriminator Adam learning rate
     beta1: float = 0.5  # Adam beta1; 0.5 is steadier than 0.9 for GANs

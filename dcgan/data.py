@@ -1,4 +1,5 @@
-"""MNIST, loaded once into memory as one normalised tensor, served in seeded random batches.
+"""MNIST, loaded once into memory as one uint8 tensor, served in seeded random batches that are
+normalised to [-1, 1] where the images live (on the training device).
 
 torchvision reads (or downloads) the IDX files; we check them first so that a missing,
 truncated or corrupt file gets a message naming it instead of a deep traceback. No PIL
@@ -8,6 +9,7 @@ transform runs in the hot loop: an epoch is a permutation and a gather per batch
 from __future__ import annotations
 
 import io
+import math
 import struct
 from collections.abc import Iterator
 from contextlib import redirect_stdout
@@ -43,7 +45,7 @@ def check_idx_file(path: Path, magic: int, shape: tuple[int, ...]) -> None:
         size = path.stat().st_size
     except OSError as exc:
         raise DataError(f"cannot read MNIST file {path}: {exc.strerror}") from None
-    expected = 4 + 4 * len(shape) + _prod(shape)
+    expected = 4 + 4 * len(shape) + math.prod(shape)
     if len(header) < 4 + 4 * len(shape):
         raise DataError(f"MNIST file {path} is truncated ({size} bytes, expected {expected})")
     got_magic, *dims = struct.unpack(f">{1 + len(shape)}I", header)
@@ -53,13 +55,6 @@ def check_idx_file(path: Path, magic: int, shape: tuple[int, ...]) -> None:
     if size != expected:
         raise DataError(f"MNIST file {path} is truncated or corrupt ({size} bytes, "
                         f"expected {expected})")
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
 
 
 def _ensure_files(data_dir: Path, files: dict[str, tuple[int, tuple[int, ...]]]) -> None:

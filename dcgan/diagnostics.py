@@ -1,8 +1,9 @@
 """Training diagnostics: pure functions over stats rows (the seed's status assessment).
 
 Everything here reads the per-iteration statistics (the Parquet columns) and returns plain
-data; the trainer, ``dcgan analyze``, the hyperparameter search and the metrics exporter
-all call these same functions. ``balance_score`` is the one balance objective.
+data; the end-of-epoch and final reports (``dcgan.report``), ``dcgan analyze`` and its
+figure, the Prometheus exporter and the hyperparameter search's objectives all call these
+same functions. ``balance_score`` is the one balance objective.
 """
 
 from __future__ import annotations

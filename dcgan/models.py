@@ -12,8 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IMAGE_SHAPE = (1, 28, 28)
-
 
 class Generator(nn.Module):
     """z (N, latent_dim) -> images (N, 1, 28, 28) in [-1, 1].

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from dcgan.checkpoint import save_torch
+from dcgan.classifier import FEATURE_DIM, VERSION, MnistClassifier
 from dcgan.errors import DCGANError
-from dcgan.evaluator import FEATURE_DIM, VERSION, MnistClassifier
 
 COVERED_FRACTION = 0.02  # a class is covered when more than 2% of samples fall in it
 IS_SPLITS = 10
@@ -169,8 +169,8 @@ def reference_key(classifier: nn.Module, real: torch.Tensor) -> str:
 def build_meter(data_dir: str, device: str | torch.device = "cpu",
                 classifier: str | None = None) -> QualityMeter:
     """The classifier and the MNIST test set's reference statistics."""
+    from dcgan.classifier import load_classifier
     from dcgan.data import load_mnist, to_model_range
-    from dcgan.evaluator import load_classifier
 
     clf = load_classifier(classifier, device)
     test_images, _ = load_mnist(data_dir, train=False)

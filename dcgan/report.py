@@ -24,8 +24,8 @@ from dcgan.diagnostics import (
     status_line,
 )
 from dcgan.errors import DCGANError
+from dcgan.generation import generate
 from dcgan.io import atomic_write_text
-from dcgan.samples import generate
 from dcgan.stats import EVAL_FILE, STATS_FILE
 from dcgan.trainer import Callback, Outcome, Trainer
 

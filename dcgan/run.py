@@ -10,31 +10,20 @@ import contextlib
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from dcgan.callbacks import (
-    Checkpointer,
-    ConsoleLogger,
-    FinalArtifacts,
-    ProgressBar,
-    QualityEvaluator,
-    SampleWriter,
-    StatsWriter,
-)
-from dcgan.checkpoint import CHECKPOINT_DIR, list_states, load_latest_state
+from dcgan.assembly import assemble
+from dcgan.callbacks import ProgressBar
+from dcgan.checkpoint import CHECKPOINT_DIR, LocalStore, list_states, load_latest_state
 from dcgan.config import TrainConfig, load_config, save_config
-from dcgan.data import load_mnist
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
-from dcgan.metrics import MetricsCallback, MetricsExporter, check_metrics_args
-from dcgan.quality import build_meter
-from dcgan.report import DiagnosticsReporter
+from dcgan.monitoring import MetricsExporter, check_metrics_args
 from dcgan.stats import STATS_FILE
-from dcgan.trainer import Callback, Outcome, Trainer
+from dcgan.step import StepFn, gan_step
+from dcgan.trainer import Outcome, Trainer
 
 CONFIG_FILE = "config.yaml"
 _ARTIFACT_PATTERNS = (CONFIG_FILE, STATS_FILE, "dcgan_*.png", "dcgan_*.pth", "dcgan_*.json")
@@ -46,18 +35,6 @@ def run_artifacts(run_dir: Path) -> list[Path]:
     if (run_dir / CHECKPOINT_DIR).is_dir():
         found.append(run_dir / CHECKPOINT_DIR)
     return sorted(set(found))
-
-
-def file_writing_callbacks(run_dir: Path, cfg: TrainConfig, device: torch.device,
-                           write: Callable[[str], None], checkpointer: Callback) -> list[Callback]:
-    """The side effects of the process that writes RUN_DIR (local mode; rank 0 of a
-    distributed run), in the order they must run: quality before the checkpoint that keeps
-    it, diagnostics after both. Builds the quality meter now, so its inputs fail early."""
-    meter = build_meter(cfg.data_dir, device) if cfg.eval_every else None
-    quality = [QualityEvaluator(run_dir, meter, write)] if meter is not None else []
-    return [ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), *quality,
-            checkpointer, StatsWriter(run_dir), DiagnosticsReporter(run_dir, write),
-            FinalArtifacts(run_dir)]
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -92,50 +69,42 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 
 def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 overrides: Sequence[str] = (), resume: bool = False, overwrite: bool = False,
-                extra_callbacks: Sequence[Callback] = (), progress: bool | None = None,
-                step_fn=None, metrics_host: str = "127.0.0.1",
-                metrics_port: int = 0) -> tuple[Trainer, Outcome]:
+                progress: bool | None = None, step_fn: StepFn = gan_step,
+                metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> tuple[Trainer, Outcome]:
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, resume, overwrite)
     check_metrics_args(metrics_host, metrics_port)
 
-    state: dict[str, Any] | None = None
-    state_file: Path | None = None
+    restore: tuple[str, dict[str, Any]] | None = None
     if resume:
         if not run_dir.is_dir():
             raise RunDirError(f"nothing to resume: {run_dir} does not exist")
         state_file, state = load_latest_state(run_dir)
+        restore = (str(state_file), state)
         cfg = load_config(config_path, list(overrides), base=state["config"])
     else:
         cfg = load_config(config_path, list(overrides))
     device = resolve_device(cfg)
 
-    images, _ = load_mnist(cfg.data_dir, train=True, subset=cfg.train_subset)
     bar = ProgressBar(progress)
     write = bar.writer()
-    checkpointer = Checkpointer(run_dir, write)
-    callbacks: list[Callback] = [
-        bar, *file_writing_callbacks(run_dir, cfg, device, write, checkpointer),
-        *extra_callbacks]
     with contextlib.ExitStack() as stack:
+        push = None
         if metrics_port:
             exporter = MetricsExporter(run_dir.resolve().name, "local", cfg.to_dict())
             port = exporter.start(metrics_host, metrics_port)
             stack.callback(exporter.stop)
             write(f"Prometheus metrics on http://{metrics_host}:{port}/metrics")
-            callbacks.append(MetricsCallback(exporter.apply))
-        return _train(run_dir, cfg, images, device, callbacks, state, state_file, overwrite,
-                      step_fn)
+            push = exporter.apply
+        trainer = assemble(cfg, device, LocalStore(run_dir), run_dir=run_dir, write=write,
+                           resume_hint=f"Resume with: dcgan train --out {run_dir} --resume",
+                           metrics_push=push, callbacks=[bar], step_fn=step_fn,
+                           restore=restore)
+        return _train(run_dir, cfg, trainer, overwrite)
 
 
-def _train(run_dir: Path, cfg: TrainConfig, images: torch.Tensor, device: torch.device,
-           callbacks: list[Callback], state: dict[str, Any] | None, state_file: Path | None,
-           overwrite: bool, step_fn) -> tuple[Trainer, Outcome]:
-    kwargs = {"step_fn": step_fn} if step_fn is not None else {}
-    trainer = Trainer(cfg, images, device, callbacks=callbacks, **kwargs)
-    if state is not None:
-        trainer.load_state_dict(state, source=str(state_file))
-
+def _train(run_dir: Path, cfg: TrainConfig, trainer: Trainer,
+           overwrite: bool) -> tuple[Trainer, Outcome]:
     # Inputs are good: only now touch the run directory.
     if overwrite:
         for path in run_artifacts(run_dir):
@@ -152,4 +121,3 @@ def _train(run_dir: Path, cfg: TrainConfig, images: torch.Tensor, device: torch.
             raise NonFiniteLossError(f"{exc}; training stopped ({keep}). Try lower learning "
                                      "rates or precision=fp32") from None
     return trainer, outcome
-

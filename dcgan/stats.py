@@ -1,6 +1,6 @@
 """Per-iteration training statistics: one row per step, kept as columns, saved as Parquet.
 
-Metrics stay on the device until ``flush``; one transfer then serves many steps, so the
+Step values stay on the device until ``flush``; one transfer then serves many steps, so the
 training loop never waits for the device just to record a number.
 """
 
@@ -15,16 +15,16 @@ import pyarrow.parquet as pq
 import torch
 
 from dcgan.io import atomic_write_bytes
-from dcgan.step import METRICS
+from dcgan.step import STEP_VALUES
 
 STATS_FILE = "dcgan_training_stats.parquet"
 EVAL_FILE = "dcgan_eval_stats.parquet"
-COLUMNS = ("step", "epoch", "batch", *METRICS, "time")
+COLUMNS = ("step", "epoch", "batch", *STEP_VALUES, "time")
 _INT_COLUMNS = ("step", "epoch", "batch")
 
 
 class TrainingStats:
-    """``reduce`` (distributed mode) turns each rank's pending metrics into the mean over
+    """``reduce`` (distributed mode) turns each rank's pending step values into the mean over
     ranks; it is a collective, so every rank must flush at the same steps."""
 
     def __init__(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
@@ -41,8 +41,8 @@ class TrainingStats:
         return len(self.columns["step"])
 
     def record(self, step: int, epoch: int, batch: int, elapsed: float,
-               metrics: torch.Tensor) -> None:
-        self._pending.append((step, epoch, batch, elapsed, metrics))
+               values: torch.Tensor) -> None:
+        self._pending.append((step, epoch, batch, elapsed, values))
 
     def flush(self) -> list[dict]:
         """Move pending rows to the host (one device sync) and return them as dicts."""
@@ -63,7 +63,7 @@ class TrainingStats:
         rows = []
         for (step, epoch, batch, elapsed, _), vals in zip(self._pending, values, strict=True):
             row = {"step": step, "epoch": epoch, "batch": batch,
-                   **dict(zip(METRICS, vals, strict=True)), "time": elapsed}
+                   **dict(zip(STEP_VALUES, vals, strict=True)), "time": elapsed}
             for c in COLUMNS:
                 columns[c].append(row[c])
             rows.append(row)
@@ -89,7 +89,7 @@ class TrainingStats:
 
     def to_table(self) -> pa.Table:
         types = {c: pa.int64() if c in _INT_COLUMNS else pa.float64() for c in COLUMNS}
-        for m in METRICS:
+        for m in STEP_VALUES:
             types[m] = pa.float32()
         return pa.table({c: pa.array(self.columns[c], type=types[c]) for c in COLUMNS})
 
@@ -103,7 +103,3 @@ def write_evals_parquet(evals: list[dict], path: str | Path) -> None:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(evals), buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def read_stats(path: str | Path) -> dict[str, list]:
-    return pq.read_table(path).to_pydict()

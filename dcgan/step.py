@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METRICS = ("d_loss", "g_loss", "d_real_acc", "d_fake_acc", "d_real_prob", "d_fake_prob")
+# What one step records (the stats columns besides step, epoch, batch and time).
+STEP_VALUES = ("d_loss", "g_loss", "d_real_acc", "d_fake_acc", "d_real_prob", "d_fake_prob")
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,10 +65,11 @@ def _backward_step(parts: GANParts, loss: torch.Tensor, opt: torch.optim.Optimiz
 
 
 def gan_step(parts: GANParts, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Update D then G once; return the step's metrics (``METRICS`` order) as a device tensor.
+    """Update D then G once; return the step's values (``STEP_VALUES`` order) as a device
+    tensor.
 
     L_D = (BCE(D(x), 1-s) + BCE(D(G(z)), s)) / 2 and L_G = BCE(D(G(z)), 1-s), the seed's
-    losses. Nothing here waits for the device: the caller decides when to read the metrics.
+    losses. Nothing here waits for the device: the caller decides when to read the values.
     """
     g, d = parts.generator, parts.discriminator
     d_for_g = parts.d_for_g if parts.d_for_g is not None else d

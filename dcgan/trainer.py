@@ -47,6 +47,9 @@ class Callback:
 
     def on_epoch_end(self, trainer: Trainer) -> None: ...
 
+    def on_state_saved(self, trainer: Trainer, where: str) -> None:
+        """A full state of this step was just saved (``where`` says where it went)."""
+
     def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None: ...
 
 
@@ -75,7 +78,7 @@ class Trainer:
                  callbacks: Sequence[Callback] = (), rank: int = 0, world_size: int = 1,
                  wrap_model: Callable[[nn.Module], nn.Module] | None = None,
                  step_fn: StepFn = gan_step,
-                 reduce_metrics: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 reduce_stats: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.cfg = cfg
         self.device = device
         self.rank, self.world_size = rank, world_size
@@ -115,7 +118,7 @@ class Trainer:
         self.step = 0  # completed steps; the next step's index
         self.epoch = 0  # epoch of the last completed step
         self.batch = -1  # batch index (in its epoch) of the last completed step
-        self.stats = TrainingStats(reduce_metrics)
+        self.stats = TrainingStats(reduce_stats)
         self.stop_requested: str | None = None  # set by a signal handler
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
@@ -152,8 +155,8 @@ class Trainer:
                 for batch, real in enumerate(self.sampler.epoch(epoch, start), start):
                     z = torch.randn(real.shape[0], cfg.latent_dim, device=self.device,
                                     generator=self.noise_gen)
-                    metrics = self.step_fn(self.parts, real, z)
-                    self.stats.record(self.step, epoch, batch, self.elapsed(), metrics)
+                    values = self.step_fn(self.parts, real, z)
+                    self.stats.record(self.step, epoch, batch, self.elapsed(), values)
                     self.step, self.epoch, self.batch = self.step + 1, epoch, batch
                     if self._flush_point(batch):
                         self.flush()
@@ -183,6 +186,12 @@ class Trainer:
     def _finish(self, outcome: Outcome) -> None:
         for cb in self.callbacks:
             cb.on_train_end(self, outcome)
+
+    def state_saved(self, where: str) -> None:
+        """Called by whoever saved a full state, so that files kept beside it (the stats)
+        can follow at the same step."""
+        for cb in self.callbacks:
+            cb.on_state_saved(self, where)
 
     # -- checkpoint state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def test_analyze_a_finished_run(finished_run):
     assert (out / "dcgan_training_analysis.png").exists()
 
 
+@pytest.mark.slow
 def test_analyze_a_run_that_is_still_training(tmp_path, data_dir):
     out = tmp_path / "run"
     args = tiny_train_args(out, data_dir, epochs=100, checkpoint_every=0)

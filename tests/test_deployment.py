@@ -155,7 +155,7 @@ def test_make_submits_real_commands_to_a_cluster(target):
     proc = subprocess.run(["make", "-n", target, "CLUSTER=http://127.0.0.1:8265"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "-m cluster.submit --address http://127.0.0.1:8265 --" in proc.stdout
+    assert "-m dcgan_cluster.submit --address http://127.0.0.1:8265 --" in proc.stdout
     commands = _dcgan_invocations(proc.stdout)
     assert commands and commands[0][0] == target
     _check_dcgan(commands[0])
@@ -193,7 +193,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def submit(cluster: dict, command: list[str], timeout: float = 300):
-    return subprocess.run([sys.executable, "-m", "cluster.submit", "--address",
+    return subprocess.run([sys.executable, "-m", "dcgan_cluster.submit", "--address",
                            cluster["address"], "--", *command], capture_output=True,
                           text=True, timeout=timeout, env=cluster["env"], cwd=ROOT)
 
@@ -236,7 +236,7 @@ def test_unwritable_storage_fails_the_job_in_seconds(ray_cluster, data_dir, tmp_
 
 def test_submit_to_an_address_where_nothing_answers():
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "cluster.submit", "--address",
+    proc = subprocess.run([sys.executable, "-m", "dcgan_cluster.submit", "--address",
                            f"http://127.0.0.1:{free_port()}", "--", "dcgan", "train",
                            "--out", "x"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 1

@@ -43,12 +43,14 @@ def test_uint8_batches_equal_the_float_pipeline(images):
     assert raw.images.dtype == torch.uint8  # a quarter of the memory on the device
 
 
+@pytest.mark.slow
 def test_trainer_on_uint8_equals_trainer_on_floats(images, data_dir):
     a = run(images, data_dir)
     b = run(to_model_range(images), data_dir)
     assert rows(a) == rows(b)
 
 
+@pytest.mark.slow
 def test_blocked_host_copies_keep_every_row_identical(images, data_dir):
     """Metrics reach the host every log_every steps; the rows equal a per-step copy's."""
     every_step = run(images, data_dir, steps=8, log_every=1)

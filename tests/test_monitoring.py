@@ -26,11 +26,10 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.monitor import INSTALL_HINT, PROMETHEUS_DIR, write_config
 from dcgan.config import TrainConfig
 from dcgan.data import load_mnist, to_model_range
 from dcgan.diagnostics import balance_score, window_stats
-from dcgan.metrics import (
+from dcgan.monitoring import (
     MetricsCallback,
     MetricsExporter,
     check_port_free,
@@ -38,6 +37,7 @@ from dcgan.metrics import (
     window_values,
 )
 from dcgan.trainer import Trainer
+from dcgan_cluster.monitor import INSTALL_HINT, PROMETHEUS_DIR, write_config
 
 from .conftest import ROOT, one_line_error, run_cli, sets
 
@@ -255,6 +255,7 @@ def test_bad_metrics_port_value(tmp_path):
 # -- promtool -------------------------------------------------------------------------------
 
 
+@pytest.mark.prometheus
 def test_promtool_checks_config_rules_and_rule_tests(tmp_path):
     promtool = need("promtool")
     rendered = write_config(tmp_path, ["127.0.0.1:9100"], str(tmp_path / "sd.json"))

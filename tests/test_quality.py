@@ -6,8 +6,7 @@ import shutil
 import pytest
 import torch
 
-from dcgan.data import load_mnist, to_model_range
-from dcgan.evaluator import (
+from dcgan.classifier import (
     WEIGHTS_PATH,
     WEIGHTS_SHA256,
     EvaluatorError,
@@ -15,6 +14,7 @@ from dcgan.evaluator import (
     load_classifier,
     sha256,
 )
+from dcgan.data import load_mnist, to_model_range
 from dcgan.quality import MIN_SAMPLES, QualityError, QualityMeter
 
 from .conftest import one_line_error, run_cli
@@ -112,16 +112,16 @@ def test_corrupt_or_missing_classifier_weights(tmp_path):
 
 
 def test_packaged_weights_are_checksummed(tmp_path, monkeypatch):
-    import dcgan.evaluator as evaluator
+    import dcgan.classifier as classifier
 
     copy = tmp_path / "copy.pt"
     shutil.copy(WEIGHTS_PATH, copy)
     data = bytearray(copy.read_bytes())
     data[-10] ^= 0xFF
     copy.write_bytes(bytes(data))
-    monkeypatch.setattr(evaluator, "WEIGHTS_PATH", copy)
+    monkeypatch.setattr(classifier, "WEIGHTS_PATH", copy)
     with pytest.raises(EvaluatorError, match="corrupt: SHA-256"):
-        evaluator.load_classifier()
+        classifier.load_classifier()
 
 
 def test_evaluate_cli_on_a_trained_run(finished_run, tmp_path):

@@ -17,8 +17,8 @@ import pytest
 from dcgan.checkpoint import load_state
 from dcgan.config import TrainConfig
 from dcgan.diagnostics import balance_score, window_stats
-from tune.objective import COLLAPSE_PENALTY, guard, objective, trial_metrics
-from tune.space import DEFAULT_SPACE, SpaceError, load_space, to_tune, validate_space
+from dcgan_tune.objective import COLLAPSE_PENALTY, guard, objective, trial_metrics
+from dcgan_tune.space import DEFAULT_SPACE, SpaceError, load_space, to_tune, validate_space
 
 from .conftest import one_line_error, run_cli, sets
 
@@ -139,7 +139,7 @@ def test_guard_fails_degenerate_and_incomplete_trials():
 ])
 def test_bad_options_are_refused_before_ray_starts(tmp_path, data_dir, changes, message):
     from dcgan.errors import DCGANError
-    from tune.search import SearchOptions, check_options
+    from dcgan_tune.search import SearchOptions, check_options
 
     opts = SearchOptions(out=tmp_path / "search", overrides=(f"data_dir={data_dir}",))
     for key, value in changes.items():
@@ -256,7 +256,7 @@ def test_restored_trial_keeps_its_own_mutated_hyperparameters(data_dir):
 
     from dcgan.data import load_mnist, to_model_range
     from dcgan.trainer import Trainer
-    from tune.trial import trial_config
+    from dcgan_tune.trial import trial_config
 
     images, _ = load_mnist(data_dir, subset=64)
     base = {**TrainConfig(data_dir=data_dir, device="cpu", batch_size=32,

@@ -1,1 +1,2 @@
-"""Hyperparameter search with Ray Tune against the balance objective (docs/tuning.md)."""
+"""Hyperparameter search with Ray Tune against the balance objective (Python name:
+dcgan_tune; docs/tuning.md). Uses the Ray layer of dcgan_cluster, never the reverse."""

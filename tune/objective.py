@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 from dcgan.diagnostics import balance_score, window_stats
 
-METRICS = ("balance", "fid", "combined")
+OBJECTIVES = ("balance", "fid", "combined")
 COLLAPSE_PENALTY = 100.0
 FID_GUARD_FACTOR = 2.0
 ALL_CLASSES = 10
@@ -58,7 +58,7 @@ def objective(row: Mapping[str, float], metric: str, min_classes: int = ALL_CLAS
     elif metric == "combined":
         value = row["balance_score"] + (math.log(fid) if fid else math.inf)
     else:
-        raise ValueError(f"metric must be one of {METRICS}")
+        raise ValueError(f"metric must be one of {OBJECTIVES}")
     covered = row.get("classes_covered", ALL_CLASSES)
     if covered < min_classes:
         # Ranked among themselves by how many digits are missing, then by FID: early in a

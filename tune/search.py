@@ -27,14 +27,15 @@ import pyarrow.parquet as pq
 
 from dcgan.checkpoint import load_state, save_torch
 from dcgan.config import TrainConfig, load_config, save_config
-from dcgan.data import check_mnist
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 from dcgan.io import atomic_write_bytes, atomic_write_text
-from dcgan.metrics import check_metrics_args
+from dcgan.monitoring import check_metrics_args
 from dcgan.trainer import derive_seed
-from tune.objective import METRICS, guard
-from tune.space import SpaceError, load_space, mutations, to_tune, validate_space
-from tune.trial import STATE_FILE, run_trial
+from dcgan_cluster.preflight import check_ray_run
+from dcgan_cluster.ray_store import STATE_FILE
+from dcgan_tune.objective import OBJECTIVES, guard
+from dcgan_tune.space import SpaceError, load_space, mutations, to_tune, validate_space
+from dcgan_tune.trial import run_trial
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 SETTINGS_FILE = "search_settings.json"
@@ -109,8 +110,8 @@ def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
         _positive("--max-concurrent", opts.max_concurrent)
     if opts.scheduler not in SCHEDULERS:
         raise ConfigError("--scheduler", f"must be one of {', '.join(SCHEDULERS)}")
-    if opts.metric not in METRICS:
-        raise ConfigError("--metric", f"must be one of {', '.join(METRICS)}")
+    if opts.metric not in OBJECTIVES:
+        raise ConfigError("--metric", f"must be one of {', '.join(OBJECTIVES)}")
     if opts.scheduler == "pbt" and opts.workers_per_trial > 1:
         raise ConfigError("--scheduler", "pbt restores trials from Tune checkpoints, which "
                                          "needs --workers-per-trial 1")
@@ -119,25 +120,15 @@ def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
         base, space = saved
     else:
         base = load_config(opts.config_path, list(opts.overrides))
-        base = base.replace(data_dir=str(Path(base.data_dir).expanduser().resolve()),
-                            max_steps=opts.budget_steps)
+        base = base.replace(max_steps=opts.budget_steps)
         space = validate_space(load_space(opts.space_file), base)
-    if base.batch_size % opts.workers_per_trial:
-        raise ConfigError("batch_size", f"the global batch {base.batch_size} does not divide "
-                                        f"evenly over {opts.workers_per_trial} workers")
-    if base.precision == "fp16" and not opts.use_gpu:
-        raise ConfigError("precision", "fp16 needs GPU trials (use bf16 or fp32 on CPUs)")
-    check_mnist(base.data_dir, subset=base.train_subset)
     experiment = opts.out / "ray" / EXPERIMENT
     if opts.resume and not experiment.is_dir():
         raise RunDirError(f"nothing to resume: {experiment} does not exist")
     if not opts.resume and experiment.is_dir():
         raise RunDirError(f"{opts.out} already holds a search; pass --resume to continue it or "
                           "choose another --out")
-    if opts.address:
-        from cluster.launch import check_address
-
-        check_address(opts.address)
+    base = check_ray_run(base, opts.workers_per_trial, opts.use_gpu, opts.address, "trials")
     return base, space
 
 
@@ -162,8 +153,8 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    from cluster.launch import init_ray
-    from cluster.metrics_hub import start_hub
+    from dcgan_cluster.metrics_hub import start_hub
+    from dcgan_cluster.runtime import init_ray
 
     opts.out.mkdir(parents=True, exist_ok=True)
     if not opts.resume:

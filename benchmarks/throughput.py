@@ -117,7 +117,7 @@ def run_ray(data_dir: str, batch_size: int, warmup: int, steps: int,
 
     import pyarrow.parquet as pq
 
-    from cluster.launch import train_distributed
+    from dcgan_cluster.launch import train_distributed
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"data_dir={data_dir}", f"batch_size={batch_size}",
@@ -167,7 +167,8 @@ def main(args: argparse.Namespace) -> int:
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}", flush=True)
     for r in range(rounds):
         for name in names:
-            cmd = [sys.executable, "-m", "dcgan.bench", "--child", name, "--data-dir", data_dir,
+            cmd = [sys.executable, "-m", "dcgan_benchmarks.throughput", "--child", name,
+                   "--data-dir", data_dir,
                    "--device", args.device, "--batch-size", str(args.batch_size),
                    "--warmup", str(args.warmup), "--steps", str(args.steps)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())

@@ -5,7 +5,7 @@
    (device-resident uint8 MNIST, no host syncs in the step) at the seed's batch 64, and
    the projected time of the seed's 30 epochs (28,110 steps).
 2. One full 30-epoch run of the fastest setting with the seed's configuration, timed end to
-   end, then FID, IS and class coverage of 10,000 samples with the evaluator.
+   end, then FID, IS and class coverage of 10,000 samples with the fixed classifier.
 
 Everything fits in about 8 minutes on one modern GPU; results go to OUT/results.json.
 """
@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
           f"{args.warmup} warm-up + {args.steps} timed steps per setting", flush=True)
     rows = {}
     for name in SETTINGS:
-        cmd = [sys.executable, "-m", "dcgan.bench_gpu", "--child", name, "--data-dir",
+        cmd = [sys.executable, "-m", "dcgan_benchmarks.gpu", "--child", name, "--data-dir",
                data_dir, "--device", args.device, "--warmup", str(args.warmup), "--steps",
                str(args.steps)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())

@@ -1,4 +1,4 @@
-"""The fixed MNIST classifier behind FID and Inception Score (``dcgan evaluator train``).
+"""The fixed MNIST classifier behind FID and Inception Score (``dcgan classifier train``).
 
 FIDs from different feature extractors are not comparable, so this one is versioned: its
 weights ship in the package (``dcgan/assets/``) and are checked against ``WEIGHTS_SHA256``
@@ -62,7 +62,7 @@ def load_classifier(path: str | Path | None = None,
     path = Path(path) if path is not None else WEIGHTS_PATH
     if not path.exists():
         raise EvaluatorError(f"classifier weights {path} are missing"
-                             + (" (reinstall dcgan, or run: dcgan evaluator train)"
+                             + (" (reinstall dcgan, or run: dcgan classifier train)"
                                 if packaged else ""))
     if packaged and sha256(path) != WEIGHTS_SHA256:
         raise EvaluatorError(f"classifier weights {path} are corrupt: SHA-256 {sha256(path)[:16]}"

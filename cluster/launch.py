@@ -11,9 +11,17 @@ import time
 from pathlib import Path
 
 from dcgan.config import TrainConfig, load_config, save_config
-from dcgan.errors import ConfigError, RunDirError
+from dcgan.errors import ConfigError
 from dcgan.monitoring import check_metrics_args
-from dcgan_cluster.preflight import ClusterError, check_ray_run, check_storage, resolve_use_gpu
+from dcgan.paths import check_writable_dir
+from dcgan.runlock import check_unlocked, hold_run_dir
+from dcgan_cluster.preflight import (
+    ClusterError,
+    check_local_processes,
+    check_ray_run,
+    check_storage,
+    resolve_use_gpu,
+)
 
 
 def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto",
@@ -25,7 +33,8 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     """``cpus_per_worker`` None: a local instance splits this machine's cores between the
     workers (torch then uses that many threads per worker); on a cluster, 1."""
     started_at = time.time()
-    run_dir = Path(run_dir).resolve()
+    run_dir = check_writable_dir(Path(run_dir).resolve())
+    check_unlocked(run_dir)
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     check_metrics_args(metrics_host, metrics_port)
@@ -35,6 +44,8 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
                                     "cuda (or --use-gpu)")
     gpu = resolve_use_gpu(use_gpu) if cfg.device == "auto" else cfg.device == "cuda"
     address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        check_local_processes(workers, "--workers")
     cfg = check_ray_run(cfg, workers, gpu, address)
     if cpus_per_worker is None:
         cpus_per_worker = 1.0 if address else float(max(1, (os.cpu_count() or 1) // workers))
@@ -42,12 +53,11 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
         raise ConfigError("--cpus-per-worker", f"must be > 0 (got {cpus_per_worker})")
     name = name or run_dir.name
     storage = check_storage(storage or str(run_dir / "ray"))
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} exists and is not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    return _run(cfg, run_dir, workers, gpu, address, storage, name, cpus_per_worker,
-                gpus_per_worker, started_at, (metrics_host, metrics_port))
+    # The driver holds RUN_DIR for the whole run; rank 0 (maybe on another node) writes it.
+    with hold_run_dir(run_dir, "dcgan train-distributed"):
+        save_config(cfg, run_dir / "config.yaml")
+        return _run(cfg, run_dir, workers, gpu, address, storage, name, cpus_per_worker,
+                    gpus_per_worker, started_at, (metrics_host, metrics_port))
 
 
 def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str | None,
@@ -80,6 +90,14 @@ def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str 
             first = (str(exc).strip().splitlines() or ["training failed"])[0]
             raise ClusterError(f"distributed training failed after {cfg.max_failures} "
                                f"restart(s) allowed: {first[:300]}") from None
+        except (ray.exceptions.RayError, ConnectionError) as exc:
+            # The cluster itself went away (head node down, GCS unreachable): the workers
+            # are gone with it, the checkpoints in the storage are not.
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ClusterError(f"lost the Ray cluster during training ({first[:200]}); "
+                               f"rerun with --name {name} --storage {storage} (on this "
+                               "cluster once it is back, or on another) to resume from the "
+                               "last checkpoint") from None
         seconds = time.perf_counter() - t0
         return {"metrics": result.metrics, "seconds": seconds, "storage": storage,
                 "name": name, "checkpoint": result.checkpoint}

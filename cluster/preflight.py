@@ -4,6 +4,7 @@ Nothing here imports Ray."""
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -14,6 +15,8 @@ from dcgan.data import check_mnist
 from dcgan.errors import ConfigError, DCGANError
 
 CONNECT_TIMEOUT_S = 5.0
+# A local Ray instance runs every worker (a full process with torch) on this machine.
+LOCAL_PROCESSES_PER_CORE = 4
 
 
 class ClusterError(DCGANError):
@@ -30,19 +33,49 @@ def resolve_use_gpu(flag: str) -> bool:
     return flag == "true"
 
 
+# The client preface of HTTP/2 and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_H2_SETTINGS = 0x04
+
+
 def check_address(address: str) -> None:
-    """Fail fast on an unreachable cluster instead of letting ray.init retry for minutes."""
+    """Fail fast, in seconds, on an address that is not a Ray cluster, instead of letting
+    ray.init retry for minutes: nothing listens there, or something that does not speak
+    gRPC (Ray's GCS and client server do) answers, such as the dashboard's HTTP port."""
     if address in ("auto", "local"):
         return
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
     try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
+        host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    except ValueError:  # a port that is not a number, or out of range
+        host = port = None
+    if not host:
+        raise ClusterError(f"--address {address} is not HOST:PORT (or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.settimeout(CONNECT_TIMEOUT_S)
+            conn.sendall(_H2_PREFACE)
+            reply = conn.recv(9)
     except OSError as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); "
                            "check --address / RAY_ADDRESS, or omit both for a local "
                            "instance") from None
+    if len(reply) < 4 or reply[3] != _H2_SETTINGS:
+        http = reply.startswith(b"HTTP/") or reply.lstrip().startswith(b"<")  # status or page
+        what = "an HTTP server" if http else "something else"
+        raise ClusterError(f"{address} answers, but as {what}, not as a Ray cluster (GCS port, "
+                           "6379 by default; 8265 is the dashboard, for CLUSTER= job "
+                           "submission only); check --address / RAY_ADDRESS")
+
+
+def check_local_processes(processes: int, flag: str) -> None:
+    """Without --address every training process lands on this machine: refuse counts that
+    would swamp it (a typo's extra zero) instead of starting hundreds of processes."""
+    most = LOCAL_PROCESSES_PER_CORE * (os.cpu_count() or 1)
+    if processes > most:
+        raise ConfigError(flag, f"{processes} training processes on a local Ray instance "
+                                f"(this machine: {os.cpu_count()} cores) is more than {most}; "
+                                "give --address to run on a cluster")
 
 
 def check_storage(storage: str) -> str:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dcgan.config import MAX_EVAL_SAMPLES
 from dcgan.errors import DCGANError
+from dcgan.paths import check_writable_file
 
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+# Upper bounds on sizes (a typo's extra zeros must fail at once, not fill the memory):
+MAX_GRID = 10_000  # images in one sample grid (a 1,250-row PNG at 8 per row)
+MAX_WALK = 100  # interpolation steps per walk, and walks
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -186,6 +191,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded(most: int):
+    def parse(text: str) -> int:
+        value = _positive(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,} (got {value:,})")
+        return value
+
+    return parse
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -227,7 +242,8 @@ def _add_generator_args(p: argparse.ArgumentParser) -> None:
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="a grid of samples from a trained generator")
     _add_generator_args(p)
-    p.add_argument("--n", type=_positive, default=64, help="number of samples (default 64)")
+    p.add_argument("--n", type=_bounded(MAX_GRID), default=64,
+                   help=f"number of samples (default 64, at most {MAX_GRID:,})")
     p.add_argument("--nrow", type=_positive, default=8, help="images per row (default 8)")
     p.add_argument("--save-tensor", metavar="FILE.pt|FILE.npy",
                    help="also save the raw images (N x 1 x 28 x 28, values in [-1, 1])")
@@ -238,8 +254,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from dcgan.generation import load_generator, sample, save_grid, save_tensor
 
     _check_suffix(args.out, (".png",), "--out")
+    check_writable_file(args.out, "--out")
     if args.save_tensor:
         _check_suffix(args.save_tensor, (".pt", ".npy"), "--save-tensor")
+        check_writable_file(args.save_tensor, "--save-tensor")
     g = load_generator(args.generator, _device(args.device))
     images = sample(g, args.n, args.seed)
     save_grid(images, args.out, nrow=args.nrow)
@@ -253,8 +271,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interpolate", help="walks through latent space between noise vectors")
     _add_generator_args(p)
-    p.add_argument("--steps", type=_positive, default=10, help="images per walk (default 10)")
-    p.add_argument("--pairs", type=_positive, default=8, help="walks, one per row (default 8)")
+    p.add_argument("--steps", type=_bounded(MAX_WALK), default=10,
+                   help=f"images per walk (default 10, at most {MAX_WALK})")
+    p.add_argument("--pairs", type=_bounded(MAX_WALK), default=8,
+                   help=f"walks, one per row (default 8, at most {MAX_WALK})")
     p.add_argument("--mode", choices=("lerp", "slerp"), default="slerp",
                    help="straight line or great circle (default slerp)")
     p.add_argument("--gif", metavar="FILE.gif", help="also write an animated GIF")
@@ -265,8 +285,10 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     from dcgan.generation import interpolate, load_generator, save_gif, save_grid
 
     _check_suffix(args.out, (".png",), "--out")
+    check_writable_file(args.out, "--out")
     if args.gif:
         _check_suffix(args.gif, (".gif",), "--gif")
+        check_writable_file(args.gif, "--gif")
     if args.steps < 2:
         raise UsageError("--steps must be >= 2 (a walk has two ends)")
     g = load_generator(args.generator, _device(args.device))
@@ -288,7 +310,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                       help="a dcgan_generator_*.pth or a full checkpoint")
     what.add_argument("--reference", choices=("real", "noise"),
                       help="score a floor instead: N MNIST training images, or uniform noise")
-    p.add_argument("--n", type=_positive, default=10000, help="images to score (default 10000)")
+    p.add_argument("--n", type=_bounded(MAX_EVAL_SAMPLES), default=10000,
+                   help=f"images to score (default 10000, at most {MAX_EVAL_SAMPLES:,})")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
@@ -310,6 +333,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.n < MIN_SAMPLES:
         raise QualityError(f"--n {args.n} is too small: FID needs more samples than its feature "
                            f"dimensions (at least {MIN_SAMPLES}; 10,000 is the standard)")
+    if args.json:
+        check_writable_file(args.json, "--json")
     data_dir = args.data_dir or TrainConfig().data_dir
     device = _device(args.device)
     if args.generator:
@@ -418,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     except DCGANError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # The file system failed under us (disk full, file too large, a folder removed or
+        # made read-only mid-run): files are written atomically, so what was there is intact.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (files written before are intact)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,8 @@ from dcgan.errors import ConfigError
 DATA_DIR_ENV = "DCGAN_DATA_DIR"
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+MAX_EVAL_SAMPLES = 100_000  # 313 MB of images per evaluation
+MAX_LATENT_DIM = 4096
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -39,7 +41,7 @@ class TrainConfig:
     beta1: float = 0.5  # Adam beta1; 0.5 is steadier than 0.9 for GANs
     beta2: float = 0.999  # Adam beta2
     # Model.
-    latent_dim: int = 100  # size of the noise vector z
+    latent_dim: int = 100  # size of the noise vector z (at most 4096)
     label_smoothing: float = 0.1  # real target 1-s, fake target s
     dropout: float = 0.3  # dropout after each discriminator block
     # Side effects, counted in steps (batches) or epochs.
@@ -58,7 +60,7 @@ class TrainConfig:
     compile: str = "off"  # torch.compile the step: off, default, reduce-overhead, max-autotune
     # Sample quality (FID/IS with the fixed MNIST classifier, docs/evaluation.md).
     eval_every: int = 1  # evaluate every N epochs and at the end (0 = off)
-    eval_samples: int = 2000  # generated images per evaluation (>= 129 for FID's covariance)
+    eval_samples: int = 2000  # generated images per evaluation (129-100,000; FID needs > 128)
     # Distributed mode (dcgan train-distributed); ignored by local runs.
     sync_batchnorm: str = "auto"  # auto (on for GPU workers), true, false; CPUs cannot sync BN
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
@@ -106,8 +108,13 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("sample_every", "checkpoint_every", "checkpoint_every_steps", "train_subset",
                 "max_steps", "seed", "eval_every", "max_failures"):
         _require(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
-    # FID's 128-d feature covariance needs more samples than dimensions (dcgan.quality).
+    # FID's 128-d feature covariance needs more samples than dimensions (dcgan.quality);
+    # the upper bounds keep a typo's extra zeros from filling the machine's memory.
     _require(cfg.eval_samples >= 129, "eval_samples", "must be >= 129", cfg.eval_samples)
+    _require(cfg.eval_samples <= MAX_EVAL_SAMPLES, "eval_samples",
+             f"must be <= {MAX_EVAL_SAMPLES}", cfg.eval_samples)
+    _require(cfg.latent_dim <= MAX_LATENT_DIM, "latent_dim",
+             f"must be <= {MAX_LATENT_DIM}", cfg.latent_dim)
     _require(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)",
              cfg.label_smoothing)
     _require(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)", cfg.dropout)

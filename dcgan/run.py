@@ -21,6 +21,8 @@ from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
 from dcgan.monitoring import MetricsExporter, check_metrics_args
+from dcgan.paths import check_writable_dir
+from dcgan.runlock import check_unlocked, hold_run_dir
 from dcgan.stats import STATS_FILE
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Outcome, Trainer
@@ -72,7 +74,9 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 progress: bool | None = None, step_fn: StepFn = gan_step,
                 metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> tuple[Trainer, Outcome]:
     run_dir = Path(run_dir)
+    check_unlocked(run_dir)  # before "already holds a run": say who is writing it
     _check_run_dir(run_dir, resume, overwrite)
+    check_writable_dir(run_dir)
     check_metrics_args(metrics_host, metrics_port)
 
     restore: tuple[str, dict[str, Any]] | None = None
@@ -105,14 +109,12 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
 
 def _train(run_dir: Path, cfg: TrainConfig, trainer: Trainer,
            overwrite: bool) -> tuple[Trainer, Outcome]:
-    # Inputs are good: only now touch the run directory.
-    if overwrite:
-        for path in run_artifacts(run_dir):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / CONFIG_FILE)
-
-    with stop_on_signals(trainer):
+    # Inputs are good: only now touch the run directory, holding it against other writers.
+    with hold_run_dir(run_dir, "dcgan train"), stop_on_signals(trainer):
+        if overwrite:
+            for path in run_artifacts(run_dir):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        save_config(cfg, run_dir / CONFIG_FILE)
         try:
             outcome = trainer.fit()
         except NonFiniteLossError as exc:

@@ -30,8 +30,10 @@ from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 from dcgan.io import atomic_write_bytes, atomic_write_text
 from dcgan.monitoring import check_metrics_args
+from dcgan.paths import check_writable_dir
+from dcgan.runlock import check_unlocked, hold_run_dir
 from dcgan.trainer import derive_seed
-from dcgan_cluster.preflight import check_ray_run
+from dcgan_cluster.preflight import check_local_processes, check_ray_run
 from dcgan_cluster.ray_store import STATE_FILE
 from dcgan_tune.objective import OBJECTIVES, guard
 from dcgan_tune.space import SpaceError, load_space, mutations, to_tune, validate_space
@@ -85,11 +87,18 @@ def _saved_settings(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]] |
     path = opts.out / SETTINGS_FILE
     if not (opts.resume and path.exists()):
         return None
-    saved = json.loads(path.read_text())
-    for key in SAVED_OPTIONS:
-        setattr(opts, key, saved[key])
+    try:
+        saved = json.loads(path.read_text())
+        options = {key: saved[key] for key in SAVED_OPTIONS}
+        base, space = TrainConfig(**saved["base"]), dict(saved["space"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        raise RunDirError(f"cannot resume: {path} is unreadable or corrupt ({reason[:120]}); "
+                          f"remove it to resume with this command line's settings") from None
+    for key, value in options.items():
+        setattr(opts, key, value)
     print(f"Resuming the search in {opts.out} with its saved settings ({path.name})")
-    return TrainConfig(**saved["base"]), saved["space"]
+    return base, space
 
 
 def _save_settings(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]) -> None:
@@ -100,6 +109,8 @@ def _save_settings(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
 
 def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
     """Everything that can be wrong, in seconds, before Ray starts a trial."""
+    check_writable_dir(opts.out)
+    check_unlocked(opts.out)
     saved = _saved_settings(opts)
     _positive("--trials", opts.trials)
     _positive("--workers-per-trial", opts.workers_per_trial)
@@ -128,6 +139,10 @@ def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
     if not opts.resume and experiment.is_dir():
         raise RunDirError(f"{opts.out} already holds a search; pass --resume to continue it or "
                           "choose another --out")
+    if not (opts.address or os.environ.get("RAY_ADDRESS")):
+        concurrent = opts.max_concurrent or 1
+        check_local_processes(concurrent * opts.workers_per_trial,
+                              "--max-concurrent x --workers-per-trial")
     base = check_ray_run(base, opts.workers_per_trial, opts.use_gpu, opts.address, "trials")
     return base, space
 
@@ -148,7 +163,12 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     started = time.perf_counter()
     opts.out = Path(opts.out).resolve()
     base, space = check_options(opts)  # before Ray's imports: bad input fails in a second
+    with hold_run_dir(opts.out, "dcgan tune"):
+        return _search(opts, base, space, started)
 
+
+def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
+            started: float) -> dict[str, Any]:
     import ray
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
@@ -156,7 +176,6 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     from dcgan_cluster.metrics_hub import start_hub
     from dcgan_cluster.runtime import init_ray
 
-    opts.out.mkdir(parents=True, exist_ok=True)
     if not opts.resume:
         _save_settings(opts, base, space)
     w = opts.workers_per_trial

@@ -2,13 +2,20 @@
 
 A reader (or a resumed run) sees either the previous complete file or the new complete file,
 never a truncated one, even if the process is killed in the middle of a write.
+
+The file gets the permissions a plain ``open(path, "w")`` would give it: an existing file
+keeps its mode, a new one gets 0666 minus the umask (0644 under the usual 022), so a run
+written by a container's user on a shared volume is readable by the host's users, other
+nodes and dashboards. (``mkstemp`` alone would leave every file 0600.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,18 +26,50 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file object; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            # Before any data: no reader ever sees the file with other permissions.
+            os.fchmod(fh.fileno(), mode)
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        # A failed write (disk full, file too large) names no file: name the one we wrote.
+        raise OSError(exc.errno, f"cannot write it ({exc.strerror or exc})", str(path)) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc); elsewhere
+    set and restored (another thread creating a file in that instant would get 022)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,99 @@
+"""Atomic writes give files ordinary permissions (the umask's, or the existing file's), so a
+run written by one user (a container's uid 1000 on a shared volume) is readable by others."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcgan.io import atomic_open, atomic_write_bytes, atomic_write_text, current_umask
+
+from .conftest import ROOT, sets
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for one test, restored afterwards."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o027, 0o640),
+                                                 (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_get_the_umask_mode(tmp_path, umask, mask, expected):
+    umask(mask)
+    assert current_umask() == mask
+    path = tmp_path / "sub" / "stats.json"
+    atomic_write_text(path, "{}\n")
+    assert mode(path) == expected
+    assert path.read_text() == "{}\n"
+
+
+def test_an_existing_file_keeps_its_mode(tmp_path, umask):
+    umask(0o022)
+    private, shared = tmp_path / "private.bin", tmp_path / "shared.bin"
+    atomic_write_bytes(private, b"old")
+    private.chmod(0o600)
+    atomic_write_bytes(shared, b"old")
+    shared.chmod(0o664)
+    atomic_write_bytes(private, b"new")
+    atomic_write_bytes(shared, b"new")
+    assert (mode(private), mode(shared)) == (0o600, 0o664)
+    assert private.read_bytes() == shared.read_bytes() == b"new"
+
+
+def test_still_atomic_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, umask):
+    umask(0o022)
+    path = tmp_path / "weights.pth"
+    atomic_write_bytes(path, b"complete")
+    with pytest.raises(RuntimeError), atomic_open(path) as fh:
+        fh.write(b"half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_bytes() == b"complete"
+    assert mode(path) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.pth"]
+
+
+def test_the_mode_is_set_before_the_rename(tmp_path, umask):
+    # A reader that finds the temporary file (or the renamed file) never sees 0600.
+    umask(0o022)
+    path = tmp_path / "a.txt"
+    with atomic_open(path) as fh:
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith(".a.txt.")]
+        assert len(temps) == 1 and mode(temps[0]) == 0o644
+        fh.write(b"x")
+
+
+@pytest.mark.slow
+def test_a_real_runs_files_are_readable_by_other_users(tmp_path, data_dir):
+    """A short training run under umask 022: every file 0644, every directory 0755."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dcgan", "train", "--out", str(out), "--no-progress",
+         *sets({"train_subset": 128, "batch_size": 32, "device": "cpu", "epochs": 1,
+                "log_every": 2, "sample_every": 2, "checkpoint_every": 1, "eval_every": 0,
+                "data_dir": data_dir})],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, umask=0o022,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    dirs = [out, *(p for p in out.rglob("*") if p.is_dir())]
+    names = {p.name for p in files}
+    for name in ("dcgan_generator_final.pth", "dcgan_discriminator_final.pth", "config.yaml",
+                 "dcgan_final_samples.png", "dcgan_training_analysis.png"):
+        assert name in names, sorted(names)
+    assert any(p.parent.name == "checkpoints" for p in files), sorted(names)
+    wrong = {str(p.relative_to(out)): oct(mode(p)) for p in files if mode(p) != 0o644}
+    wrong |= {str(p.relative_to(out)) + "/": oct(mode(p)) for p in dirs if mode(p) != 0o755}
+    assert not wrong, wrong

@@ -7,6 +7,7 @@ workers other than rank 0, and search trials, pick none of the file writers).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -16,12 +17,17 @@ import torch
 
 from dcgan.checkpoint import StateStore, save_torch
 from dcgan.generation import generate, sample, save_grid
-from dcgan.stats import EVAL_FILE, STATS_FILE, write_evals_parquet
+from dcgan.io import atomic_write_text
+from dcgan.quality import quality_summary
+from dcgan.stats import EVAL_FILE, STATS_FILE, best_overall, write_evals_parquet
 from dcgan.trainer import Callback, Outcome, Trainer, derive_seed
 
 GENERATOR_FINAL = "dcgan_generator_final.pth"
 DISCRIMINATOR_FINAL = "dcgan_discriminator_final.pth"
 FINAL_SAMPLES = "dcgan_final_samples.png"
+GENERATOR_EMA_FINAL = "dcgan_generator_ema_final.pth"
+BEST_GENERATOR = "dcgan_generator_best.pth"
+BEST_INFO = "dcgan_generator_best.json"
 
 
 def log_line(row: dict, batches_per_epoch: int) -> str:
@@ -192,25 +198,45 @@ class Checkpointer(Callback):
                        f"to {where}. {self.resume_hint}".rstrip())
 
 
-def record_quality(trainer: Trainer, meter):
-    """Score ``eval_samples`` images of the current generator and append the row to the
-    stats' evaluations (once per step). Leaves the training RNGs untouched."""
+def averaged_generator(trainer: Trainer) -> torch.nn.Module:
+    """The EMA generator with BatchNorm statistics of its own (seeded by the step: the same
+    weights give the same file on a resumed run)."""
+    return trainer.ema.averaged_generator(
+        trainer.generator, derive_seed(trainer.cfg.seed, "ema-bn", trainer.step))
+
+
+def record_quality(trainer: Trainer, meter) -> list[tuple[dict, torch.nn.Module]]:
+    """Score ``eval_samples`` images of the generator, and of its moving average when there
+    is one, from the same noise; append one row per generator to the stats' evaluations
+    (once per step). Returns the new rows with their generators. Leaves the training RNGs
+    untouched."""
     evals = trainer.stats.evals
     if evals and evals[-1]["step"] == trainer.step:
-        return None
+        return []
     cfg = trainer.cfg
-    images = sample(trainer.generator, cfg.eval_samples, derive_seed(cfg.seed, "eval"))
-    quality = meter.measure(images)
-    epochs = trainer.step / trainer.batches_per_epoch
-    evals.append({"step": trainer.step, "epoch": round(epochs, 4), **quality.to_dict()})
-    return quality
+    candidates = [("raw", trainer.generator)]
+    if trainer.ema is not None:
+        candidates.append(("ema", averaged_generator(trainer)))
+    epochs = round(trainer.step / trainer.batches_per_epoch, 4)
+    new = []
+    for name, generator in candidates:
+        quality = meter.measure(sample(generator, cfg.eval_samples,
+                                       derive_seed(cfg.seed, "eval")))
+        row = {"step": trainer.step, "epoch": epochs, "generator": name, **quality.to_dict()}
+        evals.append(row)
+        new.append((row, generator))
+    return new
 
 
 class QualityEvaluator(Callback):
-    """FID, IS and class coverage of ``eval_samples`` images, kept with the stats (and so in
-    checkpoints): every ``eval_every`` epochs and at the end, or, for a search trial, every
-    ``every_steps`` steps and at its last step (so that each report carries a fresh score).
-    With a ``run_dir`` the evaluations are also written to ``EVAL_FILE``."""
+    """FID, IS and class coverage of ``eval_samples`` images of G and of its moving average,
+    kept with the stats (and so in checkpoints): every ``eval_every`` epochs and at the end,
+    or, for a search trial, every ``every_steps`` steps and at its last step (so that each
+    report carries a fresh score).
+
+    With a ``run_dir`` the evaluations are also written to ``EVAL_FILE``, and whenever either
+    generator scores the lowest FID of the run so far it is written to ``BEST_GENERATOR``
+    (a plain state dict) with ``BEST_INFO`` beside it."""
 
     def __init__(self, meter, run_dir: Path | None = None,
                  write: Callable[[str], None] | None = None, every_steps: int = 0):
@@ -218,14 +244,27 @@ class QualityEvaluator(Callback):
         self.run_dir = Path(run_dir) if run_dir is not None else None
 
     def evaluate(self, trainer: Trainer) -> None:
-        quality = record_quality(trainer, self.meter)
-        if quality is None:
+        before = best_overall(trainer.stats.evals)
+        new = record_quality(trainer, self.meter)
+        if not new:
             return
         if self.run_dir is not None:
             write_evals_parquet(trainer.stats.evals, self.run_dir / EVAL_FILE)
+            row, generator = min(new, key=lambda pair: pair[0]["fid"])
+            if before is None or row["fid"] < before["fid"]:
+                self._save_best(row, generator)
         if self.write is not None:
-            self.write(f"[Epoch {trainer.epoch}] quality ({quality.n} samples): "
-                       f"{quality.summary()}")
+            for row, _ in new:
+                label = "EMA G" if row["generator"] == "ema" else "G"
+                self.write(f"[Epoch {trainer.epoch}] quality of {label} ({row['n']} samples): "
+                           f"{quality_summary(row)}")
+
+    def _save_best(self, row: dict, generator: torch.nn.Module) -> None:
+        save_torch(_state_cpu(generator), self.run_dir / BEST_GENERATOR)
+        keys = ("step", "epoch", "generator", "fid", "inception_score", "classes_covered",
+                "largest_class_fraction", "n")
+        info = {k: row[k] for k in keys if k in row} | {"eval_samples": row.get("n")}
+        atomic_write_text(self.run_dir / BEST_INFO, json.dumps(info, indent=2) + "\n")
 
     def on_step_end(self, trainer: Trainer) -> None:
         every = self.every_steps
@@ -270,7 +309,8 @@ class StatsWriter(Callback):
 
 
 class FinalArtifacts(Callback):
-    """The seed's end products, when training completes: final weights and 64 samples."""
+    """The seed's end products, when training completes: final weights and 64 samples; and
+    the moving average of G (``GENERATOR_EMA_FINAL``), when there is one."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
@@ -281,3 +321,5 @@ class FinalArtifacts(Callback):
         save_torch(_state_cpu(trainer.generator), self.run_dir / GENERATOR_FINAL)
         save_torch(_state_cpu(trainer.discriminator), self.run_dir / DISCRIMINATOR_FINAL)
         save_grid(generate(trainer.generator, trainer.fixed_noise), self.run_dir / FINAL_SAMPLES)
+        if trainer.ema is not None:  # the average, with BatchNorm statistics of its own
+            save_torch(_state_cpu(averaged_generator(trainer)), self.run_dir / GENERATOR_EMA_FINAL)

@@ -159,7 +159,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                         "(default 10; only very short smoke searches need less)")
     p.add_argument("--space", metavar="FILE.yaml", help="search space (default: g_lr, d_lr "
                    "log-uniform in [1e-5, 1e-3], dropout in [0, 0.5], label_smoothing in "
-                   "[0, 0.3])")
+                   "[0, 0.3], label_smoothing_mode two-sided or one-sided)")
     p.add_argument("--baseline", action="store_true",
                    help="make trial 0 the base config's own values (the seed's by default), "
                         "measured the same way as the others")

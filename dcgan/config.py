@@ -20,6 +20,7 @@ from dcgan.errors import ConfigError
 
 DATA_DIR_ENV = "DCGAN_DATA_DIR"
 PRECISIONS = ("fp32", "bf16", "fp16")
+SMOOTHING_MODES = ("two-sided", "one-sided")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 MAX_EVAL_SAMPLES = 100_000  # 313 MB of images per evaluation
 MAX_LATENT_DIM = 4096
@@ -42,7 +43,8 @@ class TrainConfig:
     beta2: float = 0.999  # Adam beta2
     # Model.
     latent_dim: int = 100  # size of the noise vector z (at most 4096)
-    label_smoothing: float = 0.1  # real target 1-s, fake target s
+    label_smoothing: float = 0.1  # real target 1-s, fake target s (two-sided) or 0
+    label_smoothing_mode: str = "two-sided"  # two-sided (the seed) or one-sided (real only)
     dropout: float = 0.3  # dropout after each discriminator block
     # Side effects, counted in steps (batches) or epochs.
     sample_every: int = 100  # sample grid every N batches of an epoch (0 = off)
@@ -59,6 +61,7 @@ class TrainConfig:
     channels_last: str = "auto"  # NHWC activations: auto (= true), true, false
     compile: str = "off"  # torch.compile the step: off, default, reduce-overhead, max-autotune
     # Sample quality (FID/IS with the fixed MNIST classifier, docs/evaluation.md).
+    ema_decay: float = 0.999  # moving average of G's weights, scored beside G (0 = off)
     eval_every: int = 1  # evaluate every N epochs and at the end (0 = off)
     eval_samples: int = 2000  # generated images per evaluation (129-100,000; FID needs > 128)
     # Distributed mode (dcgan train-distributed); ignored by local runs.
@@ -118,6 +121,10 @@ def validate(cfg: TrainConfig) -> None:
     _require(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)",
              cfg.label_smoothing)
     _require(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)", cfg.dropout)
+    _require(cfg.label_smoothing_mode in SMOOTHING_MODES, "label_smoothing_mode",
+             f"must be one of {', '.join(SMOOTHING_MODES)}", cfg.label_smoothing_mode)
+    _require(0 <= cfg.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 turns it off)",
+             cfg.ema_decay)
     _require(bool(_DEVICE_RE.match(cfg.device)), "device",
              "must be one of auto, cpu, cuda, cuda:N", cfg.device)
     _require(cfg.precision in PRECISIONS, "precision", "must be one of fp32, bf16, fp16",

@@ -40,6 +40,13 @@ def bce_floor(label_smoothing: float) -> float:
     return -(s * math.log(s) + (1 - s) * math.log(1 - s))
 
 
+def d_loss_floor(label_smoothing: float, one_sided: bool = False) -> float:
+    """Smallest possible L_D: the mean of its two terms' floors. One-sided smoothing (fake
+    target 0) takes the fake term's floor to 0, so L_D can go down to H(s) / 2."""
+    real = bce_floor(label_smoothing)
+    return real / 2 if one_sided else real
+
+
 @dataclass
 class WindowStats:
     """Means (and spreads) of the last ``n`` iterations."""
@@ -77,6 +84,7 @@ class Diagnosis:
     balance_score: float
     label_smoothing: float
     extra: dict = field(default_factory=dict)
+    one_sided: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -86,7 +94,8 @@ class Diagnosis:
         return {"window": asdict(self.window) | {"d_acc": self.window.d_acc},
                 "balance_score": self.balance_score,
                 "label_smoothing": self.label_smoothing,
-                "loss_floor": bce_floor(self.label_smoothing),
+                "one_sided_smoothing": self.one_sided,
+                "loss_floor": d_loss_floor(self.label_smoothing, self.one_sided),
                 "healthy": self.healthy,
                 "checks": [asdict(c) for c in self.checks], **self.extra}
 
@@ -151,7 +160,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def assess(ws: WindowStats, label_smoothing: float = 0.1) -> list[Check]:
+def assess(ws: WindowStats, label_smoothing: float = 0.1,
+           one_sided: bool = False) -> list[Check]:
     """The seed's status checks plus the failure modes it lists (losses-only ones)."""
     checks = []
     lo, hi = RATIO_BAND
@@ -206,7 +216,7 @@ def assess(ws: WindowStats, label_smoothing: float = 0.1) -> list[Check]:
         checks.append(Check("discriminator_strength", True,
                             f"D accuracy {_pct(ws.d_acc)} <= 90%: the generator gets gradient"))
 
-    floor = bce_floor(label_smoothing)
+    floor = d_loss_floor(label_smoothing, one_sided)
     at_floor = ws.d_loss < floor + FLOOR_MARGIN
     dominant = ws.long_d_acc > D_DOMINANT
     if at_floor or dominant:
@@ -259,16 +269,17 @@ def diversity_check(samples: torch.Tensor, real: torch.Tensor) -> tuple[Check, f
 
 def diagnose(columns: Mapping[str, Sequence], label_smoothing: float = 0.1,
              window: int = DEFAULT_WINDOW, samples: torch.Tensor | None = None,
-             real: torch.Tensor | None = None, quality: dict | None = None) -> Diagnosis:
+             real: torch.Tensor | None = None, quality: dict | None = None,
+             one_sided: bool = False) -> Diagnosis:
     """All of the above for one window; ``quality`` is the latest sample-quality row."""
     ws = window_stats(columns, window)
-    checks = assess(ws, label_smoothing)
+    checks = assess(ws, label_smoothing, one_sided)
     extra: dict = {"quality": quality} if quality else {}
     if samples is not None and real is not None:
         check, ratio = diversity_check(samples, real)
         checks.append(check)
         extra["diversity_ratio"] = ratio
-    return Diagnosis(ws, checks, balance_score(ws), label_smoothing, extra)
+    return Diagnosis(ws, checks, balance_score(ws), label_smoothing, extra, one_sided)
 
 
 def status_line(diag: Diagnosis) -> str:

@@ -23,6 +23,7 @@ from itertools import pairwise
 
 from dcgan.diagnostics import DEFAULT_WINDOW, assess, balance_score, window_stats
 from dcgan.errors import DCGANError
+from dcgan.stats import best_of_latest, best_overall
 from dcgan.trainer import Callback, Outcome, Trainer
 
 LABELS = ("run", "mode", "trial", "rank")
@@ -80,12 +81,14 @@ class MetricsUpdate:
     step_seconds: list[float] = field(default_factory=list)
     window: dict[str, float] | None = None  # WINDOW_GAUGES attributes + balance_score
     status: str | None = None
-    fid: float | None = None
+    fid: float | None = None  # the better generator (G or its average) at the latest step
+    best_fid: float | None = None  # the run's best so far: dcgan_generator_best.pth
     active: bool = True
 
 
 def window_values(columns: Mapping[str, Sequence], label_smoothing: float,
-                  window: int = DEFAULT_WINDOW) -> tuple[dict[str, float], str] | None:
+                  window: int = DEFAULT_WINDOW,
+                  one_sided: bool = False) -> tuple[dict[str, float], str] | None:
     """Window gauges and status of a stats table, through the diagnostics module."""
     if not columns.get("d_loss"):
         return None
@@ -94,7 +97,7 @@ def window_values(columns: Mapping[str, Sequence], label_smoothing: float,
     values["balance_score"] = balance_score(ws)
     if not all(math.isfinite(values[k]) for k in ("d_loss", "g_loss")):
         return values, "bad"
-    failed = [c.name for c in assess(ws, label_smoothing) if not c.passed]
+    failed = [c.name for c in assess(ws, label_smoothing, one_sided) if not c.passed]
     return values, training_status(failed)
 
 
@@ -112,8 +115,10 @@ class MetricsCallback(Callback):
             times.insert(0, self._last_time)
         if rows:
             self._last_time = rows[-1]["time"]
-        values = window_values(trainer.stats.local_columns, trainer.cfg.label_smoothing)
-        evals = trainer.stats.evals
+        cfg = trainer.cfg
+        values = window_values(trainer.stats.local_columns, cfg.label_smoothing,
+                               one_sided=cfg.label_smoothing_mode == "one-sided")
+        latest, best = best_of_latest(trainer.stats.evals), best_overall(trainer.stats.evals)
         return MetricsUpdate(
             rank=trainer.rank, trial=self.trial, step=trainer.step,
             epoch=trainer.step / trainer.batches_per_epoch,
@@ -121,7 +126,8 @@ class MetricsCallback(Callback):
             new_steps=len(rows), new_images=len(rows) * trainer.cfg.batch_size,
             step_seconds=[b - a for a, b in pairwise(times)],
             window=values[0] if values else None, status=values[1] if values else None,
-            fid=evals[-1]["fid"] if evals else None, active=active)
+            fid=latest["fid"] if latest else None, best_fid=best["fid"] if best else None,
+            active=active)
 
     def on_train_start(self, trainer: Trainer) -> None:
         self._last_time = None  # the first row after a (re)start has no predecessor
@@ -163,8 +169,11 @@ class MetricsExporter:
         self.epoch = Gauge("dcgan_epoch", "Epochs completed (fractional)", LABELS, registry=r)
         self.progress = Gauge("dcgan_progress_ratio", "Steps done / steps planned (0-1)",
                               LABELS, registry=r)
-        self.fid = Gauge("dcgan_fid", "FID of the latest evaluation (lower is better; "
-                         "docs/evaluation.md)", LABELS, registry=r)
+        self.fid = Gauge("dcgan_fid", "FID of the latest evaluation, the better of G and its "
+                         "moving average (lower is better; docs/evaluation.md)", LABELS,
+                         registry=r)
+        self.best_fid = Gauge("dcgan_best_fid", "Lowest FID of the run so far: the generator "
+                              "in dcgan_generator_best.pth", LABELS, registry=r)
         self.status = Gauge("dcgan_training_status", "Diagnostics verdict: 0 good, 1 warning, "
                             "2 bad", LABELS, registry=r)
         self.active = Gauge("dcgan_training_active", "1 while this process trains, 0 once it "
@@ -203,6 +212,8 @@ class MetricsExporter:
             self.status.labels(*labels).set(STATUS_CODES[update.status])
         if update.fid is not None:
             self.fid.labels(*labels).set(update.fid)
+        if update.best_fid is not None:
+            self.best_fid.labels(*labels).set(update.best_fid)
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on host:port; returns the bound port."""

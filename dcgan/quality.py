@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,9 +60,14 @@ class Quality:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"FID {self.fid:.2f} | IS {self.inception_score:.2f} | classes covered "
-                f"{self.classes_covered}/10 | largest class {self.largest_class_fraction:.3f} | "
-                f"confidence {self.mean_confidence:.3f}")
+        return quality_summary(self.to_dict())
+
+
+def quality_summary(q: Mapping) -> str:
+    """One line of a quality row (a ``Quality`` as a dict, or an evaluations row)."""
+    return (f"FID {q['fid']:.2f} | IS {q['inception_score']:.2f} | classes covered "
+            f"{q['classes_covered']}/10 | largest class {q['largest_class_fraction']:.3f} | "
+            f"confidence {q['mean_confidence']:.3f}")
 
 
 class QualityMeter:

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from dcgan.analysis import ANALYSIS_FILE, save_analysis
+from dcgan.callbacks import BEST_GENERATOR, BEST_INFO
 from dcgan.data import as_model_input
 from dcgan.diagnostics import (
     DEFAULT_WINDOW,
@@ -26,11 +27,23 @@ from dcgan.diagnostics import (
 from dcgan.errors import DCGANError
 from dcgan.generation import generate
 from dcgan.io import atomic_write_text
-from dcgan.stats import EVAL_FILE, STATS_FILE
+from dcgan.stats import EVAL_FILE, STATS_FILE, best_of_latest
 from dcgan.trainer import Callback, Outcome, Trainer
 
 DIAGNOSTICS_FILE = "dcgan_diagnostics.json"
 DIVERSITY_SAMPLES = 64
+
+
+def best_generator_line(run_dir: Path) -> str | None:
+    """Names the run's best generator (``dcgan_generator_best.pth``), if it has one."""
+    try:
+        info = json.loads((run_dir / BEST_INFO).read_text())
+        which = "the moving average of G" if info.get("generator") == "ema" else "G"
+        return (f"Best generator: {run_dir / BEST_GENERATOR} ({which} at step {info['step']}, "
+                f"FID {info['fid']:.2f}, IS {info['inception_score']:.2f}, "
+                f"{info['classes_covered']}/10 classes, {info['n']} samples)")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class StatsError(DCGANError):
@@ -76,8 +89,10 @@ class DiagnosticsReporter(Callback):
             kwargs = {"samples": generate(trainer.generator, trainer.fixed_noise),
                       "real": real_reference(trainer.sampler.images)}
         evals = trainer.stats.evals
-        return diagnose(trainer.stats.columns, trainer.cfg.label_smoothing, self.window,
-                        quality=evals[-1] if evals else None, **kwargs)
+        cfg = trainer.cfg
+        return diagnose(trainer.stats.columns, cfg.label_smoothing, self.window,
+                        quality=best_of_latest(evals),
+                        one_sided=cfg.label_smoothing_mode == "one-sided", **kwargs)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.flush()
@@ -88,6 +103,9 @@ class DiagnosticsReporter(Callback):
             return
         diag = self._diagnose(trainer, True)
         self.write(report(diag))
+        best = best_generator_line(self.run_dir)
+        if best:
+            self.write(best)
         write_diagnostics(self.run_dir, diag, trainer.stats.columns,
                           extra={"outcome": str(outcome),
                                  "evaluations": list(trainer.stats.evals)})
@@ -142,12 +160,17 @@ def analyze_run(run_dir: str | Path, window: int = DEFAULT_WINDOW, smooth: int |
     if (run_dir / "config.yaml").exists():
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     smoothing = float(config.get("label_smoothing", 0.1))
+    one_sided = config.get("label_smoothing_mode") == "one-sided"
     kwargs, note = _diversity_inputs(run_dir, config)
     evals = _read_evals(run_dir / EVAL_FILE)
-    diag = diagnose(columns, smoothing, window, quality=evals[-1] if evals else None, **kwargs)
+    diag = diagnose(columns, smoothing, window, quality=best_of_latest(evals),
+                    one_sided=one_sided, **kwargs)
     if note:
         write(note)
     write(report(diag))
+    best = best_generator_line(run_dir)
+    if best:
+        write(best)
     write_diagnostics(run_dir, diag, columns, smooth, extra={"evaluations": evals})
     write(f"Wrote {run_dir / ANALYSIS_FILE} and {run_dir / DIAGNOSTICS_FILE}")
     return diag

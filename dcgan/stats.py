@@ -99,6 +99,20 @@ class TrainingStats:
         atomic_write_bytes(path, buf.getvalue())
 
 
+def best_of_latest(evals: list[dict]) -> dict | None:
+    """The better-scoring (lower FID) row of the latest evaluation step: with an EMA
+    generator every step has a raw and an averaged row."""
+    if not evals:
+        return None
+    latest = [row for row in evals if row["step"] == evals[-1]["step"]]
+    return min(latest, key=lambda row: row["fid"])
+
+
+def best_overall(evals: list[dict]) -> dict | None:
+    """The lowest-FID row of the whole run (the one ``dcgan_generator_best.pth`` holds)."""
+    return min(evals, key=lambda row: row["fid"]) if evals else None
+
+
 def write_evals_parquet(evals: list[dict], path: str | Path) -> None:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(evals), buf)

@@ -32,6 +32,7 @@ class GANParts:
     device_type: str = "cpu"
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     d_for_g: nn.Module | None = None  # D as seen by the G update; defaults to ``discriminator``
+    one_sided: bool = False  # smooth the real label only: fake target 0 (Salimans et al. 2016)
     _targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -41,11 +42,11 @@ class GANParts:
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
     def targets(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Smoothed labels (real 1-s, fake s), cached per batch size."""
+        """Smoothed labels (real 1-s, fake s; fake 0 when one-sided), cached per batch size."""
         if n not in self._targets:
             s = self.label_smoothing
             self._targets[n] = (torch.full((n,), 1.0 - s, device=device),
-                                torch.full((n,), s, device=device))
+                                torch.full((n,), 0.0 if self.one_sided else s, device=device))
         return self._targets[n]
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from dcgan.config import TrainConfig
 from dcgan.data import BatchSampler
+from dcgan.ema import GeneratorEMA
 from dcgan.errors import CheckpointError, NonFiniteLossError
 from dcgan.models import build_models
 from dcgan.stats import TrainingStats
@@ -99,6 +100,7 @@ class Trainer:
             generator=wrap(self.generator), discriminator=wrap(self.discriminator),
             d_for_g=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
             label_smoothing=cfg.label_smoothing, precision=cfg.precision,
+            one_sided=cfg.label_smoothing_mode == "one-sided",
             device_type=device.type, scaler=self.scaler)
 
         # The whole training set lives on the device (uint8 stays uint8: 47 MB for MNIST);
@@ -115,6 +117,8 @@ class Trainer:
         self.noise_gen.manual_seed(derive_seed(cfg.seed, "noise", rank))  # differs per rank
         torch.manual_seed(derive_seed(cfg.seed, "dropout", rank))  # global RNG: dropout
 
+        # The average of G's weights (on the device, updated after every step).
+        self.ema = GeneratorEMA(self.generator, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step = 0  # completed steps; the next step's index
         self.epoch = 0  # epoch of the last completed step
         self.batch = -1  # batch index (in its epoch) of the last completed step
@@ -156,6 +160,8 @@ class Trainer:
                     z = torch.randn(real.shape[0], cfg.latent_dim, device=self.device,
                                     generator=self.noise_gen)
                     values = self.step_fn(self.parts, real, z)
+                    if self.ema is not None:
+                        self.ema.update()
                     self.stats.record(self.step, epoch, batch, self.elapsed(), values)
                     self.step, self.epoch, self.batch = self.step + 1, epoch, batch
                     if self._flush_point(batch):
@@ -213,6 +219,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "stats": self.stats.state_dict(),
             "elapsed": self.elapsed(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint",
@@ -232,6 +239,10 @@ class Trainer:
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.fixed_noise = state["fixed_noise"].to(self.device)
+            if self.ema is not None and state.get("ema"):
+                self.ema.load_state_dict(state["ema"])  # else it starts from these weights
+            elif self.ema is not None:
+                self.ema = GeneratorEMA(self.generator, self.cfg.ema_decay)
             self.stats.load_state_dict(state["stats"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0]

@@ -18,9 +18,10 @@ def test_defaults_are_the_seeds():
 def test_exactly_the_documented_keys():
     assert list(TrainConfig().to_dict()) == [
         "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "latent_dim",
-        "label_smoothing", "dropout", "sample_every", "checkpoint_every",
+        "label_smoothing", "label_smoothing_mode", "dropout", "sample_every", "checkpoint_every",
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
-        "max_steps", "precision", "channels_last", "compile", "eval_every", "eval_samples",
+        "max_steps", "precision", "channels_last", "compile", "ema_decay", "eval_every",
+        "eval_samples",
         "sync_batchnorm", "max_failures"]
 
 

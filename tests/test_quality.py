@@ -166,9 +166,21 @@ def test_training_records_quality(finished_run):
 
     out, stdout = finished_run.out, finished_run.proc.stdout
     rows = pq.read_table(out / "dcgan_eval_stats.parquet").to_pylist()
-    assert [r["step"] for r in rows] == [8, 16]  # every epoch; the end is the last epoch
+    # Every epoch (the end is the last epoch), G and its moving average from the same noise.
+    assert [(r["step"], r["generator"]) for r in rows] == [
+        (8, "raw"), (8, "ema"), (16, "raw"), (16, "ema")]
     assert all(r["n"] == 200 and r["fid"] > 0 for r in rows)
-    assert "quality (200 samples): FID" in stdout
+    assert "quality of G (200 samples): FID" in stdout
+    assert "quality of EMA G (200 samples): FID" in stdout
     assert "Sample quality (step 16, 200 samples" in stdout
     info = json.loads((out / "dcgan_diagnostics.json").read_text())
-    assert info["quality"]["step"] == 16 and len(info["evaluations"]) == 2
+    assert info["quality"]["step"] == 16 and len(info["evaluations"]) == 4
+    # The best generator of the run: the lowest FID of any row, named by the report.
+    best = json.loads((out / "dcgan_generator_best.json").read_text())
+    lowest = min(rows, key=lambda r: r["fid"])
+    assert (best["step"], best["generator"], best["fid"]) == (
+        lowest["step"], lowest["generator"], lowest["fid"])
+    assert f"Best generator: {out / 'dcgan_generator_best.pth'}" in stdout
+    for name in ("dcgan_generator_best.pth", "dcgan_generator_ema_final.pth"):
+        assert run_cli(["sample", "--generator", str(out / name), "--n", "16",
+                        "--out", str(out.parent / f"{name}.png")]).returncode == 0

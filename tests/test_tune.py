@@ -38,8 +38,9 @@ def columns(n: int = 150) -> dict[str, list]:
 def test_default_space_is_valid_and_converts():
     space = validate_space(dict(DEFAULT_SPACE), BASE)
     tuned = to_tune(space)
-    assert set(tuned) == {"g_lr", "d_lr", "dropout", "label_smoothing"}
+    assert set(tuned) == {"g_lr", "d_lr", "dropout", "label_smoothing", "label_smoothing_mode"}
     assert (tuned["g_lr"].lower, tuned["g_lr"].upper) == (1e-5, 1e-3)
+    assert tuned["label_smoothing_mode"].categories == ["two-sided", "one-sided"]
 
 
 def test_space_file_with_constants_choices_and_yaml_exponents(tmp_path):

@@ -41,10 +41,11 @@ def trial_metrics(columns: Mapping[str, Sequence], evals: Sequence[Mapping],
     ws = window_stats(columns)
     out = {"balance_score": balance_score(ws), "d_loss": ws.d_loss, "g_loss": ws.g_loss,
            "loss_ratio": ws.loss_ratio, "d_real_acc": ws.real_acc, "d_fake_acc": ws.fake_acc}
-    if evals:
-        q = evals[-1]
+    if evals:  # the best evaluation so far (of G or its moving average), not the last
+        q = min(evals, key=lambda row: row["fid"])
         out.update(fid=float(q["fid"]), inception_score=float(q["inception_score"]),
-                   classes_covered=int(q["classes_covered"]), eval_step=int(q["step"]))
+                   classes_covered=int(q["classes_covered"]), eval_step=int(q["step"]),
+                   eval_generator=str(q.get("generator", "raw")))
     out["objective"] = objective(out, metric, min_classes)
     return out
 

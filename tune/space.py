@@ -29,6 +29,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "d_lr": {"loguniform": [1e-5, 1e-3]},
     "dropout": {"uniform": [0.0, 0.5]},
     "label_smoothing": {"uniform": [0.0, 0.3]},
+    "label_smoothing_mode": {"choice": ["two-sided", "one-sided"]},
 }
 # Keys a search must not vary: they name places or resources, not hyperparameters.
 UNTUNABLE = ("data_dir", "device", "max_failures")

@@ -1,4 +1,5 @@
-"""The seed's 6-panel training analysis figure (``dcgan_training_analysis.png``)."""
+"""The seed's 6-panel training analysis figure (``dcgan_training_analysis.png``) and the
+sample-quality figure (``dcgan_quality.png``)."""
 
 from __future__ import annotations
 
@@ -121,5 +122,56 @@ def save_analysis(columns: Mapping[str, Sequence], diag: Diagnosis, path: str | 
     fig = build_figure(columns, diag, smooth, title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+QUALITY_FILE = "dcgan_quality.png"
+QUALITY_PANELS = ("FID by step", "FID by training time", "Inception Score by step",
+                  "Inception Score by training time")
+GENERATOR_STYLE = {"raw": ("G", "tab:blue"), "ema": ("moving average of G", "tab:green")}
+
+
+def build_quality_figure(evals: Sequence[Mapping], title: str = "Sample quality"):
+    """FID and IS of every evaluation against step and against training time (seconds of
+    training, across resumes), G and its moving average apart, the best point starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    best = min(evals, key=lambda row: row["fid"])
+    for ax, panel in zip(axes.flat, QUALITY_PANELS, strict=True):
+        key = "fid" if panel.startswith("FID") else "inception_score"
+        x_key = "step" if panel.endswith("step") else "time"
+        for name, (label, color) in GENERATOR_STYLE.items():
+            rows = [r for r in evals if r.get("generator", "raw") == name
+                    and r.get(x_key) is not None]
+            if rows:
+                ax.plot([r[x_key] for r in rows], [r[key] for r in rows], "o-", color=color,
+                        label=label, markersize=3)
+        if best.get(x_key) is not None:
+            ax.plot([best[x_key]], [best[key]], "*", color="tab:red", markersize=14,
+                    label=f"best (FID {best['fid']:.2f})")
+        if key == "fid":
+            ax.set_yscale("log")
+        ax.set_title(panel)
+        ax.set_xlabel("step" if x_key == "step" else "training time (s)")
+        ax.set_ylabel("FID (lower is better)" if key == "fid" else "IS (max 10)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_quality_figure(evals: Sequence[Mapping], path: str | Path,
+                        title: str = "Sample quality") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = build_quality_figure(evals, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

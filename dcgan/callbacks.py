@@ -222,7 +222,8 @@ def record_quality(trainer: Trainer, meter) -> list[tuple[dict, torch.nn.Module]
     for name, generator in candidates:
         quality = meter.measure(sample(generator, cfg.eval_samples,
                                        derive_seed(cfg.seed, "eval")))
-        row = {"step": trainer.step, "epoch": epochs, "generator": name, **quality.to_dict()}
+        row = {"step": trainer.step, "epoch": epochs, "generator": name,
+               "time": round(trainer.elapsed(), 3), **quality.to_dict()}
         evals.append(row)
         new.append((row, generator))
     return new

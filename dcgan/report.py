@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import torch
 import yaml
 
-from dcgan.analysis import ANALYSIS_FILE, save_analysis
+from dcgan.analysis import ANALYSIS_FILE, QUALITY_FILE, save_analysis, save_quality_figure
 from dcgan.callbacks import BEST_GENERATOR, BEST_INFO
 from dcgan.data import as_model_input
 from dcgan.diagnostics import (
@@ -63,6 +63,10 @@ def write_diagnostics(run_dir: Path, diag: Diagnosis, columns: dict, smooth: int
     atomic_write_text(run_dir / DIAGNOSTICS_FILE, json.dumps(_finite(info), indent=2) + "\n")
     save_analysis(columns, diag, run_dir / ANALYSIS_FILE, smooth,
                   title=f"DCGAN training analysis: {run_dir.name}")
+    evals = (extra or {}).get("evaluations")
+    if evals:
+        save_quality_figure(evals, run_dir / QUALITY_FILE,
+                            title=f"Sample quality: {run_dir.name}")
 
 
 def _finite(obj):

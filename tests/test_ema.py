@@ -197,3 +197,24 @@ def test_one_sided_smoothing_targets_and_floors():
     d_loss = (F.binary_cross_entropy_with_logits(logit, torch.tensor(0.9))
               + F.binary_cross_entropy_with_logits(torch.tensor(-30.0), torch.tensor(0.0))) / 2
     assert float(d_loss) == pytest.approx(d_loss_floor(0.1, one_sided=True), abs=1e-4)
+
+
+def test_quality_figure_panels_and_best_point():
+    from dcgan.analysis import QUALITY_PANELS, build_quality_figure
+
+    evals = [{"step": s, "time": 10.0 * s, "generator": g, "fid": fid,
+              "inception_score": 9 - fid / 100}
+             for s, g, fid in [(8, "raw", 300.0), (8, "ema", 250.0), (16, "raw", 90.0),
+                               (16, "ema", 120.0)]]
+    fig = build_quality_figure(evals)
+    axes = fig.axes
+    assert [a.get_title() for a in axes] == list(QUALITY_PANELS)
+    for ax in axes:
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert labels == ["G", "moving average of G", "best (FID 90.00)"], labels
+        star = ax.get_lines()[-1]
+        assert list(star.get_xdata()) in ([16], [160.0])
+    assert axes[1].get_xlabel() == "training time (s)"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -181,6 +181,7 @@ def test_training_records_quality(finished_run):
     assert (best["step"], best["generator"], best["fid"]) == (
         lowest["step"], lowest["generator"], lowest["fid"])
     assert f"Best generator: {out / 'dcgan_generator_best.pth'}" in stdout
+    assert (out / "dcgan_quality.png").stat().st_size > 10_000  # FID/IS by step and time
     for name in ("dcgan_generator_best.pth", "dcgan_generator_ema_final.pth"):
         assert run_cli(["sample", "--generator", str(out / name), "--n", "16",
                         "--out", str(out.parent / f"{name}.png")]).returncode == 0

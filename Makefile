@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/train
 TRAIN_ARGS ?=
+BENCH_ARGS ?=
 SMOKE_RUN ?= runs/smoke
 
 WORKERS ?= 2
@@ -41,7 +42,7 @@ train-distributed tune: export RAY_AUTH_MODE := token
 train-distributed tune: export RAY_AUTH_TOKEN := $(RAY_AUTH_TOKEN)
 endif
 
-.PHONY: install train train-distributed tune smoke test test-fast lint bench bench-gpu monitor prometheus \
+.PHONY: install train train-distributed tune smoke test test-fast lint bench bench-gpu bench-quality monitor prometheus \
 	cluster-token cluster-up cluster-down clean
 
 install: $(STAMP)
@@ -102,6 +103,12 @@ lint: install
 
 bench: install
 	$(BIN)/dcgan bench
+
+# Sample quality against wall-clock time: the seed's and the recommended configuration, 30
+# minutes of training each on a CPU (a GPU trains their full epochs), then each best
+# generator scored with 10,000 samples. Results in runs/bench-quality (docs/benchmarks.md).
+bench-quality: install
+	$(BIN)/dcgan bench-quality $(BENCH_ARGS)
 
 # The GPU fast path on one CUDA GPU (about 8 minutes): speed per setting, then the seed's
 # 30 epochs timed end to end and evaluated. Results in runs/bench-gpu/results.json.

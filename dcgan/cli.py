@@ -96,6 +96,33 @@ def _cmd_bench_gpu(args: argparse.Namespace) -> int:
     return bench_gpu_main(args)
 
 
+def _add_bench_quality(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-quality", help="sample quality against wall-clock time, per "
+                                             "configuration",
+                       description="Train each configuration for the same wall-clock budget "
+                                   "(30 minutes on a CPU; on a GPU, its full epochs), then "
+                                   "score its best generator (docs/benchmarks.md).")
+    p.add_argument("--configs", nargs="+", metavar="NAME=FILE",
+                   help="configurations to compare (default: seed=configs/seed.yaml "
+                        "recommended=configs/recommended.yaml)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="training minutes per configuration (default 30 on a CPU; a GPU "
+                        "trains the full epochs)")
+    p.add_argument("--final-samples", type=_bounded(MAX_EVAL_SAMPLES), default=10000,
+                   help="samples scoring each best generator (default 10000)")
+    p.add_argument("--out", default="runs/bench-quality", help="results folder")
+    p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key of every configuration (repeatable)")
+    p.set_defaults(func=_cmd_bench_quality)
+
+
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    from dcgan_benchmarks.quality import main as bench_quality_main
+
+    return bench_quality_main(args)
+
+
 def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-distributed", help="train with Ray Train + DDP across N workers",
                        description="The same training loop under Ray Train's TorchTrainer "
@@ -432,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classifier(sub)
     _add_bench(sub)
     _add_bench_gpu(sub)
+    _add_bench_quality(sub)
     return parser
 
 

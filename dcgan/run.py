@@ -25,7 +25,7 @@ from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
 from dcgan.stats import STATS_FILE
 from dcgan.step import StepFn, gan_step
-from dcgan.trainer import Outcome, Trainer
+from dcgan.trainer import Callback, Outcome, Trainer
 
 CONFIG_FILE = "config.yaml"
 _ARTIFACT_PATTERNS = (CONFIG_FILE, STATS_FILE, "dcgan_*.png", "dcgan_*.pth", "dcgan_*.json")
@@ -72,7 +72,9 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 overrides: Sequence[str] = (), resume: bool = False, overwrite: bool = False,
                 progress: bool | None = None, step_fn: StepFn = gan_step,
-                metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> tuple[Trainer, Outcome]:
+                metrics_host: str = "127.0.0.1", metrics_port: int = 0,
+                callbacks: Sequence[Callback] = ()) -> tuple[Trainer, Outcome]:
+    """``callbacks`` run before the mode's own (a benchmark's stop rule, say)."""
     run_dir = Path(run_dir)
     check_unlocked(run_dir)  # before "already holds a run": say who is writing it
     _check_run_dir(run_dir, resume, overwrite)
@@ -102,7 +104,7 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
             push = exporter.apply
         trainer = assemble(cfg, device, LocalStore(run_dir), run_dir=run_dir, write=write,
                            resume_hint=f"Resume with: dcgan train --out {run_dir} --resume",
-                           metrics_push=push, callbacks=[bar], step_fn=step_fn,
+                           metrics_push=push, callbacks=[bar, *callbacks], step_fn=step_fn,
                            restore=restore)
         return _train(run_dir, cfg, trainer, overwrite)
 

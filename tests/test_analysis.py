@@ -1,20 +1,16 @@
 """The diagnostics at the end of training, the 6-panel figure, and ``dcgan analyze``."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from dcgan.analysis import PANEL_TITLES, build_figure, moving_average
-from dcgan.diagnostics import diagnose
+from dcgan.diagnostics import balance_score, diagnose, window_stats
 from dcgan.stats import STATS_FILE
 
-from .conftest import ROOT, one_line_error, run_cli, tiny_train_args
+from .conftest import background, one_line_error, run_cli, tiny_train_args, wait_for_text
 from .test_diagnostics import rows
 
 
@@ -65,29 +61,26 @@ def test_analyze_a_finished_run(finished_run):
     assert proc.returncode == 0, proc.stderr
     assert "Final Stats (last 8 iterations):" in proc.stdout
     assert (out / "dcgan_training_analysis.png").exists()
+    # The report is the diagnostics of the run's own last 8 rows.
+    columns = pq.read_table(out / STATS_FILE).to_pydict()
+    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    assert info["balance_score"] == pytest.approx(balance_score(window_stats(columns, 8)))
 
 
 @pytest.mark.slow
 def test_analyze_a_run_that_is_still_training(tmp_path, data_dir):
-    out = tmp_path / "run"
+    out, log = tmp_path / "run", tmp_path / "run.log"
     args = tiny_train_args(out, data_dir, epochs=100, checkpoint_every=0)
-    proc = subprocess.Popen([sys.executable, "-m", "dcgan", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        for line in proc.stdout:
-            if "[Epoch 1] done" in line:  # stats of two epochs are on disk
-                break
+    with background(args, log) as proc:
+        wait_for_text(log, "[Epoch 1] done", proc)  # stats of two epochs are on disk
         analysis = run_cli(["analyze", str(out)])
         still_running = proc.poll() is None
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-        proc.kill()
     assert still_running
     assert analysis.returncode == 0, analysis.stderr
     assert "Status Assessment:" in analysis.stdout
-    assert json.loads((out / "dcgan_diagnostics.json").read_text())["iterations"] >= 16
+    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    assert info["iterations"] >= 16
+    assert (out / "dcgan_training_analysis.png").exists()
 
 
 def _write_table(path, columns):

@@ -3,6 +3,9 @@ memory format, torch.compile of the whole step, and their settings."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -69,12 +72,22 @@ def test_memory_format_does_not_change_the_function(images, data_dir):
 @pytest.mark.slow
 def test_compiled_step_computes_the_same_function_as_eager(images, data_dir):
     """torch.compile of the whole step (inductor on the CPU). Dropout off: compiled and
-    eager dropout draw from different RNGs."""
+    eager dropout draw from different RNGs. Inductor needs a C++ compiler: without one the
+    test is skipped, except under CI=true, where it fails; any other error fails it."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        message = "no C++ compiler (c++/g++) for torch.compile's inductor backend"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from torch._dynamo.utils import counters
+
     eager = run(images, data_dir, steps=4, dropout=0.0)
-    try:
-        compiled = run(images, data_dir, steps=4, dropout=0.0, compile="default")
-    except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for inductor
-        pytest.skip(f"torch.compile cannot run here: {str(exc).splitlines()[0][:200]}")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = run(images, data_dir, steps=4, dropout=0.0, compile="default")
+    # The step really went through the compiler (not eager under another name).
+    assert hasattr(compiled.step_fn, "_torchdynamo_orig_callable")
+    assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])
     e, c = eager.stats.columns, compiled.stats.columns
     # Step 0: same weights, batch and noise: the same numbers up to kernel rounding.
     for key in ("d_loss", "g_loss", "d_real_prob", "d_fake_prob"):

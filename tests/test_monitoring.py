@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -39,15 +38,18 @@ from dcgan.monitoring import (
 from dcgan.trainer import Trainer
 from dcgan_cluster.monitor import INSTALL_HINT, PROMETHEUS_DIR, write_config
 
-from .conftest import ROOT, one_line_error, run_cli, sets
+from .conftest import (  # noqa: F401 - free_port, background: re-exported for other tests
+    HANG_GUARD_S,
+    ROOT,
+    background,
+    free_port,
+    one_line_error,
+    run_before_ray,
+    run_cli,
+    sets,
+)
 
 DASHBOARD = ROOT / "cluster" / "grafana" / "dashboards" / "dcgan-training.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def need(binary: str) -> str:
@@ -58,6 +60,14 @@ def need(binary: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def have(binary: str) -> bool:
+    """Whether ``binary`` is installed (for fixtures that watch a run with it when it is);
+    under CI=true a missing one fails, as with ``need``."""
+    if shutil.which(binary) is None and os.environ.get("CI") == "true":
+        pytest.fail(f"{binary} is not installed; {INSTALL_HINT}")
+    return shutil.which(binary) is not None
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -93,25 +103,6 @@ def watch_ranks(proc: subprocess.Popen, port: int, timeout: float,
 
 
 @contextlib.contextmanager
-def background(args: list[str], log: Path):
-    """A dcgan command in its own process group, stopped (and reaped) whatever happens."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dcgan", *args], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
-@contextlib.contextmanager
 def prometheus_server(tmp_path: Path, targets: list[str]):
     """A real Prometheus on a free loopback port with the project's config (rendered for
     ``targets``, scraping every second) and rules, in a temporary data directory."""
@@ -126,7 +117,7 @@ def prometheus_server(tmp_path: Path, targets: list[str]):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # a hang guard, not a speed check
         while True:
             try:
                 if urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200:
@@ -155,13 +146,14 @@ def prom_api(url: str, path: str, **params) -> dict:
 
 
 def dashboard_queries(run: str) -> list[str]:
-    """Every PromQL expression of the dashboard, with its variables bound to one run.
-    (The distributed case, both ranks at one endpoint, is in test_distributed.py.)"""
+    """Every PromQL expression of the dashboard, with its variables bound to one run (every
+    trial). The local case is here; distributed and tune runs in test_distributed.py and
+    test_tune.py. ``$__rate_interval``: what Grafana makes of it for a 15 s scrape."""
     board = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     bound = []
     for e in exprs:
-        e = e.replace("$__rate_interval", "15s")
+        e = e.replace("$__rate_interval", "1m")
         e = re.sub(r"\$\{?run\}?", re.escape(run), e)
         bound.append(re.sub(r"\$\{?trial\}?", ".*", e))
     return bound
@@ -233,14 +225,17 @@ def test_port_in_use_is_detected():
 
 @pytest.mark.parametrize("command", ["train", "train-distributed"])
 def test_port_in_use_fails_before_training(tmp_path, data_dir, command):
+    """A port in use fails before training (and before Ray: were the check broken, the
+    distributed run would fail on the address where nothing listens, starting no Ray)."""
     out = tmp_path / "run"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        extra = ["--workers", "2"] if command == "train-distributed" else []
-        proc = run_cli([command, "--out", str(out), *extra, "--metrics-port", str(port),
-                        *sets({"data_dir": data_dir})], timeout=60)
+        extra = (["--workers", "2", "--address", f"127.0.0.1:{free_port()}"]
+                 if command == "train-distributed" else [])
+        proc = run_before_ray([command, "--out", str(out), *extra, "--metrics-port", str(port),
+                               *sets({"data_dir": data_dir})], timeout=120)
     assert proc.returncode == 2
     assert f"127.0.0.1:{port}: already in use" in one_line_error(proc)
     assert not out.exists()
@@ -302,32 +297,105 @@ def test_dashboard_is_well_formed():
     assert [None, 0.3, 3.0] in bands.values() and [None, 0.6, 0.9] in bands.values()
 
 
+def alert_metric_names() -> set[str]:
+    """The metric names every alert expression of alerts.yml reads."""
+    import yaml
+
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    names = {n for g in rules["groups"] for r in g["rules"]
+             for n in re.findall(r"\bdcgan_[a-z_]+\b", r["expr"])}
+    assert names
+    return names
+
+
+def exported_names(exporter: MetricsExporter) -> set[str]:
+    """The sample names an exporter serves (what Prometheus stores)."""
+    from prometheus_client import generate_latest
+
+    text = generate_latest(exporter.registry).decode()
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.fixture(scope="module")
+def fed_exporter(data_dir) -> MetricsExporter:
+    """An exporter after a real (tiny) training loop with one evaluation: every series it
+    can serve has a sample."""
+    from dcgan.callbacks import QualityEvaluator
+    from dcgan.quality import build_meter
+
+    cfg = TrainConfig(train_subset=64, batch_size=32, epochs=1, log_every=1, device="cpu",
+                      eval_samples=200, data_dir=data_dir)
+    images, _ = load_mnist(data_dir, subset=64)
+    exporter = MetricsExporter("unit", "local", cfg.to_dict())
+    meter = build_meter(data_dir, torch.device("cpu"))
+    trainer = Trainer(cfg, to_model_range(images), torch.device("cpu"),
+                      callbacks=[QualityEvaluator(meter, every_steps=2),
+                                 MetricsCallback(exporter.apply)])
+    trainer.fit()
+    return exporter
+
+
+def test_alert_rules_read_the_exporters_real_metric_names(fed_exporter):
+    """Every metric an alert (and its rule tests) reads is one the exporter serves, with the
+    exporter's labels: a renamed metric would leave an alert that can never fire."""
+    import yaml
+
+    served = exported_names(fed_exporter)
+    assert alert_metric_names() <= served, alert_metric_names() - served
+    tests = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())
+    series = [s["series"] for t in tests["tests"] for s in t["input_series"]]
+    fed = {re.match(r"[a-z_]+", s).group(0) for s in series}
+    assert fed <= served, fed - served  # the rule tests feed series the exporter has
+    labels = {k for s in series for k in re.findall(r"(\w+)=", s)}
+    assert labels <= {"run", "mode", "trial", "rank"}, labels
+
+
+def test_dashboard_reads_the_exporters_real_metric_names(fed_exporter):
+    board = json.loads(DASHBOARD.read_text())
+    names = {n for p in board["panels"] for t in p["targets"]
+             for n in re.findall(r"\bdcgan_[a-z_]+\b", t["expr"])}
+    served = exported_names(fed_exporter)
+    assert names and names <= served, names - served
+
+
 @pytest.mark.slow
 def test_dashboard_queries_return_data_from_a_real_prometheus(tmp_path, data_dir):
     """A local run with metrics on, scraped by a real Prometheus with our config and rules:
-    every expression of the dashboard returns data, and the rules load."""
+    every expression of the dashboard returns data, every metric the alerts read has series
+    of the run, and every rule loads and evaluates."""
+    import yaml
+
     port = free_port()
     run_dir = tmp_path / "monitored"
+    # Bounded by its steps (640, minutes on a CPU): the test ends as soon as every query has
+    # answered (well within the first hundred steps); a query that never answers fails it
+    # when training ends.
     args = ["train", "--out", str(run_dir), "--no-progress", "--metrics-port", str(port),
-            *sets({"train_subset": 512, "batch_size": 32, "epochs": 200, "device": "cpu",
+            *sets({"train_subset": 512, "batch_size": 32, "epochs": 40, "device": "cpu",
                    "log_every": 2, "eval_every": 1, "eval_samples": 200,
                    "sample_every": 0, "checkpoint_every": 0, "data_dir": data_dir})]
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    queries = [*dashboard_queries("monitored"),
+               *(f'{name}{{run="monitored"}}' for name in sorted(alert_metric_names()))]
     with prometheus_server(tmp_path, [f"127.0.0.1:{port}"]) as prom, \
             background(args, tmp_path / "train.log") as train:
-        queries = dashboard_queries("monitored")
-        missing = queries
-        deadline = time.monotonic() + 150
-        while missing and time.monotonic() < deadline:
-            assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
-            time.sleep(2)
-            missing = [q for q in queries
-                       if not prom_api(prom, "/api/v1/query", query=q)["result"]]
-        assert not missing, f"no data for: {missing}"
+        answered: set[str] = set()
+        health: dict[str, str] = {}
+        while len(answered) < len(queries) or set(health) != alerts or \
+                any(h != "ok" for h in health.values()):
+            assert train.poll() is None, (
+                f"training ended; no data for: {set(queries) - answered}; rules: {health}\n"
+                + (tmp_path / "train.log").read_text()[-3000:])
+            time.sleep(1)
+            answered |= {q for q in set(queries) - answered
+                         if prom_api(prom, "/api/v1/query", query=q)["result"]}
+            health = {r["name"]: r["health"] for g in prom_api(prom, "/api/v1/rules")["groups"]
+                      for r in g["rules"]}
+            assert "err" not in health.values(), health
         runs = prom_api(prom, "/api/v1/label/run/values", **{"match[]": "dcgan_run_info"})
         assert "monitored" in runs
         targets = prom_api(prom, "/api/v1/targets")["activeTargets"]
         assert any(t["labels"]["job"] == "dcgan" and t["health"] == "up" for t in targets)
-        groups = prom_api(prom, "/api/v1/rules")["groups"]
-        assert len(groups[0]["rules"]) == 6
         os.killpg(train.pid, signal.SIGTERM)
-        assert train.wait(timeout=60) == 143
+        assert train.wait(timeout=HANG_GUARD_S) == 143

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,8 +17,18 @@ from dcgan.models import Discriminator, Generator
 from dcgan.run import train_local
 from dcgan.stats import COLUMNS, STATS_FILE
 from dcgan.step import gan_step
+from dcgan.trainer import RESUME_LOCKED_KEYS
 
-from .conftest import ROOT, TINY, one_line_error, run_cli, sets, tiny_train_args
+from .conftest import (
+    TINY,
+    background,
+    finish,
+    one_line_error,
+    run_cli,
+    sets,
+    tiny_train_args,
+    wait_for_text,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -111,11 +118,27 @@ def test_resume_from_corrupt_checkpoint_names_it(tmp_path, data_dir):
     assert f"{ckpt} is corrupt" in one_line_error(proc)
 
 
-def test_resume_changing_batch_size_is_refused(tmp_path, data_dir):
-    out = tmp_path / "run"
-    assert run_cli(tiny_train_args(out, data_dir, epochs=1, max_steps=2)).returncode == 0
-    proc = run_cli([*tiny_train_args(out, data_dir, batch_size=16), "--resume"])
-    assert proc.returncode == 1 and "batch_size" in one_line_error(proc)
+# A changed value for every key that cannot change on resume (dcgan.trainer.RESUME_LOCKED_KEYS).
+LOCKED_CHANGES = {"batch_size": 16, "latent_dim": 64, "seed": 7, "train_subset": 128}
+
+
+def test_every_resume_locked_key_is_tested():
+    assert set(LOCKED_CHANGES) == set(RESUME_LOCKED_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(LOCKED_CHANGES))
+def test_resume_changing_a_locked_key_is_refused(finished_run, data_dir, key):
+    """``dcgan train --resume --set KEY=...`` for each locked key: one line naming the key and
+    both values, status 1, the run untouched."""
+    out = finished_run.out
+    before = _digest(out)
+    saved = load_state(list_states(out)[0])["config"][key]
+    new = LOCKED_CHANGES[key]
+    proc = run_cli([*tiny_train_args(out, data_dir, **{key: new}), "--resume"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (f"trained with {key}={saved!r}; it cannot be resumed with {key}={new!r}"
+            in one_line_error(proc))
+    assert _digest(out) == before
 
 
 def test_resume_is_bit_exact(tmp_path, data_dir):
@@ -148,23 +171,16 @@ def test_resume_is_bit_exact(tmp_path, data_dir):
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_state_and_resumes(tmp_path, data_dir, sig, code):
-    out = tmp_path / "run"
+    out, log = tmp_path / "run", tmp_path / "run.log"
     args = tiny_train_args(out, data_dir, epochs=50, log_every=1, checkpoint_every=0)
-    proc = subprocess.Popen([sys.executable, "-m", "dcgan", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        for line in proc.stdout:
-            if "[Batch 3/8]" in line:  # training is well under way
-                break
+    with background(args, log) as proc:
+        wait_for_text(log, "[Batch 3/8]", proc)  # training is well under way
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == code, stderr
-    assert "Traceback" not in stderr
-    assert "Resume with: dcgan train --out" in stdout
+        status, text = finish(proc, log)
+    assert status == code, text[-3000:]
+    assert "Traceback" not in text
+    assert f"{signal.Signals(sig).name} received: saving state after this step" in text
+    assert "Resume with: dcgan train --out" in text
     (ckpt,) = list_states(out)
     step = load_state(ckpt)["step"]
     rows = pq.read_table(out / STATS_FILE).to_pydict()
@@ -174,6 +190,26 @@ def test_signal_saves_state_and_resumes(tmp_path, data_dir, sig, code):
     proc = run_cli([*tiny_train_args(out, data_dir, epochs=1), "--resume"])
     assert proc.returncode == 0, proc.stderr
     assert (out / "dcgan_generator_final.pth").exists()
+
+
+def test_a_second_signal_stops_at_once(tmp_path, data_dir):
+    """Ctrl-C twice: the first asks for a stop after the current step; the second, sent while
+    that step runs (steps of 512 images take seconds on a CPU), stops at once: status 130,
+    nothing saved, no resume hint."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    args = tiny_train_args(out, data_dir, train_subset=2048, batch_size=512, epochs=50,
+                           log_every=1, checkpoint_every=0, sample_every=0, eval_every=0)
+    with background(args, log) as proc:
+        wait_for_text(log, "[Epoch 0] [Batch 0/4]", proc)  # step 1 is running now
+        proc.send_signal(signal.SIGINT)
+        wait_for_text(log, "SIGINT received: saving state after this step", proc)
+        proc.send_signal(signal.SIGINT)
+        status, text = finish(proc, log)
+    assert status == 130, text[-3000:]
+    assert text.rstrip().endswith("interrupted"), text[-3000:]
+    assert "Traceback" not in text
+    assert "Resume with" not in text and "[Epoch 0] [Batch 1/4]" not in text
+    assert list_states(out) == []
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from dcgan.errors import ConfigError
+from dcgan.stats import best_overall
 from dcgan.trainer import Callback, Trainer
 
 DEFAULT_CONFIGS = {"seed": "configs/seed.yaml", "recommended": "configs/recommended.yaml"}
@@ -73,7 +74,7 @@ def bench_one(name: str, config: str, out: Path, overrides: list[str], budget_s:
               "evaluations": evals, "best": best_info, "final": None}
     for generator in ("raw", "ema"):
         rows = [r for r in evals if r.get("generator", "raw") == generator]
-        result[f"best_{generator}"] = min(rows, key=lambda r: r["fid"]) if rows else None
+        result[f"best_{generator}"] = best_overall(rows)
     if best_info is not None:
         device = trainer.device
         g = load_generator(run / "dcgan_generator_best.pth", device)

@@ -11,6 +11,7 @@ import numpy as np
 
 from dcgan.diagnostics import ACC_BAND, RATIO_BAND, Diagnosis, report
 from dcgan.io import atomic_write_bytes
+from dcgan.stats import best_overall
 
 ANALYSIS_FILE = "dcgan_training_analysis.png"
 PANEL_TITLES = ("Raw losses", "Smoothed losses", "Discriminator accuracy",
@@ -141,7 +142,7 @@ def build_quality_figure(evals: Sequence[Mapping], title: str = "Sample quality"
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    best = min(evals, key=lambda row: row["fid"])
+    best = best_overall(evals)
     for ax, panel in zip(axes.flat, QUALITY_PANELS, strict=True):
         key = "fid" if panel.startswith("FID") else "inception_score"
         x_key = "step" if panel.endswith("step") else "time"

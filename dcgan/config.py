@@ -74,6 +74,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def one_sided_smoothing(self) -> bool:
+        return self.label_smoothing_mode == "one-sided"
+
     def replace(self, **changes: Any) -> TrainConfig:
         return from_dict({**self.to_dict(), **changes})
 

@@ -41,6 +41,7 @@ class GeneratorEMA:
         self.updates = 0
         self.params = [p for p in generator.parameters()]
         self.shadow = [p.detach().clone() for p in self.params]
+        self._averaged: tuple[tuple, nn.Module] | None = None  # the last one built, by key
 
     @torch.no_grad()
     def update(self) -> None:
@@ -62,13 +63,18 @@ class GeneratorEMA:
             for mine, saved in zip(self.shadow, shadow, strict=True):
                 mine.copy_(saved)
         self.updates = int(state["updates"])
+        self._averaged = None
 
     @torch.no_grad()
     def averaged_generator(self, generator: nn.Module, seed: int,
                            batches: int = BN_BATCHES) -> nn.Module:
         """A copy of ``generator`` (eval mode) with the averaged weights and BatchNorm
         statistics recomputed for them from seeded noise. Leaves ``generator`` and every
-        global RNG untouched."""
+        global RNG untouched. Built once per state: the run's last evaluation and its final
+        file ask for the same one."""
+        key = (self.updates, seed, batches)
+        if self._averaged is not None and self._averaged[0] == key:
+            return self._averaged[1]
         g = copy.deepcopy(generator)
         for p, avg in zip(g.parameters(), self.shadow, strict=True):
             p.copy_(avg)
@@ -83,7 +89,8 @@ class GeneratorEMA:
             g(torch.randn(BN_BATCH, g.latent_dim, generator=noise).to(device))
         for m, original in zip(norms, _norms(generator), strict=True):
             m.momentum = original.momentum
-        return g.eval()
+        self._averaged = (key, g.eval())
+        return g
 
 
 def _norms(module: nn.Module) -> list[nn.Module]:

@@ -117,7 +117,7 @@ class MetricsCallback(Callback):
             self._last_time = rows[-1]["time"]
         cfg = trainer.cfg
         values = window_values(trainer.stats.local_columns, cfg.label_smoothing,
-                               one_sided=cfg.label_smoothing_mode == "one-sided")
+                               one_sided=cfg.one_sided_smoothing)
         latest, best = best_of_latest(trainer.stats.evals), best_overall(trainer.stats.evals)
         return MetricsUpdate(
             rank=trainer.rank, trial=self.trial, step=trainer.step,

@@ -96,7 +96,7 @@ class DiagnosticsReporter(Callback):
         cfg = trainer.cfg
         return diagnose(trainer.stats.columns, cfg.label_smoothing, self.window,
                         quality=best_of_latest(evals),
-                        one_sided=cfg.label_smoothing_mode == "one-sided", **kwargs)
+                        one_sided=cfg.one_sided_smoothing, **kwargs)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.flush()

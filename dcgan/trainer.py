@@ -100,7 +100,7 @@ class Trainer:
             generator=wrap(self.generator), discriminator=wrap(self.discriminator),
             d_for_g=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
             label_smoothing=cfg.label_smoothing, precision=cfg.precision,
-            one_sided=cfg.label_smoothing_mode == "one-sided",
+            one_sided=cfg.one_sided_smoothing,
             device_type=device.type, scaler=self.scaler)
 
         # The whole training set lives on the device (uint8 stays uint8: 47 MB for MNIST);

@@ -28,6 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from dcgan.diagnostics import balance_score, window_stats
+from dcgan.stats import best_overall
 
 OBJECTIVES = ("balance", "fid", "combined")
 COLLAPSE_PENALTY = 100.0
@@ -42,7 +43,7 @@ def trial_metrics(columns: Mapping[str, Sequence], evals: Sequence[Mapping],
     out = {"balance_score": balance_score(ws), "d_loss": ws.d_loss, "g_loss": ws.g_loss,
            "loss_ratio": ws.loss_ratio, "d_real_acc": ws.real_acc, "d_fake_acc": ws.fake_acc}
     if evals:  # the best evaluation so far (of G or its moving average), not the last
-        q = min(evals, key=lambda row: row["fid"])
+        q = best_overall(evals)
         out.update(fid=float(q["fid"]), inception_score=float(q["inception_score"]),
                    classes_covered=int(q["classes_covered"]), eval_step=int(q["step"]),
                    eval_generator=str(q.get("generator", "raw")))

@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN ?= runs/train
+# configs/$(CONFIG).yaml: seed (the default, the seed's configuration) or recommended.
+CONFIG ?= seed
+RUN ?= runs/train$(if $(filter-out seed,$(CONFIG)),-$(CONFIG))
 TRAIN_ARGS ?=
 BENCH_ARGS ?=
 SMOKE_RUN ?= runs/smoke
@@ -53,10 +55,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# The seed's configuration (30 epochs, batch 64, device auto). Re-running continues an
-# interrupted run in $(RUN) instead of refusing it.
+# The seed's configuration (30 epochs, batch 64, device auto); CONFIG=recommended trains
+# configs/recommended.yaml into runs/train-recommended. Re-running continues an interrupted
+# run in $(RUN) instead of refusing it.
 train: install
-	$(BIN)/dcgan train --out $(RUN) --config configs/seed.yaml \
+	$(BIN)/dcgan train --out $(RUN) --config configs/$(CONFIG).yaml \
 		$(if $(wildcard $(RUN)/checkpoints/state_step_*.pt),--resume) \
 		--metrics-port $(METRICS_PORT) --metrics-host $(METRICS_HOST) $(TRAIN_ARGS)
 
@@ -65,11 +68,11 @@ train: install
 train-distributed: install
 ifeq ($(CLUSTER),)
 	$(BIN)/dcgan train-distributed --out $(DIST_RUN) --workers $(WORKERS) \
-		--config configs/seed.yaml --metrics-port $(METRICS_PORT) --metrics-host $(METRICS_HOST) \
-		$(TRAIN_ARGS)
+		--config configs/$(CONFIG).yaml --metrics-port $(METRICS_PORT) \
+		--metrics-host $(METRICS_HOST) $(TRAIN_ARGS)
 else
 	$(SUBMIT) dcgan train-distributed --out $(CLUSTER_STORAGE)/runs/$(notdir $(DIST_RUN)) \
-		--workers $(WORKERS) --storage $(CLUSTER_STORAGE)/ray --config /app/configs/seed.yaml \
+		--workers $(WORKERS) --storage $(CLUSTER_STORAGE)/ray --config /app/configs/$(CONFIG).yaml \
 		--metrics-port 9100 --metrics-host 0.0.0.0 $(TRAIN_ARGS)
 endif
 

@@ -8,6 +8,7 @@ generator (``dcgan_generator_best.pth``) is scored again with ``--final-samples`
 (10,000: the figure to compare). The seed's run gives both "the seed's" and "the seed's +
 EMA" rows: the average does not change how G trains, it is scored beside it.
 
+Prints the best of each configuration and, step by step, G beside its moving average.
 Outputs in OUT: one run directory per configuration, ``results.json``, and
 ``quality_vs_time.png`` (FID of every evaluation against training time).
 """
@@ -32,15 +33,16 @@ FIGURE_FILE = "quality_vs_time.png"
 
 
 class WallClock(Callback):
-    """Stops training (state saved, as after a signal) once ``budget_s`` seconds of training
-    have passed."""
+    """Ends the run once ``budget_s`` seconds of training have passed, as if its step budget
+    ended there: a completed run, so G and its average are scored at that last step and the
+    final files are written (the training after the last epoch-end evaluation counts)."""
 
     def __init__(self, budget_s: float | None):
         self.budget_s = budget_s
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.budget_s is not None and trainer.elapsed() >= self.budget_s:
-            trainer.stop_requested = "budget"
+            trainer.total_steps = trainer.step
 
 
 def parse_configs(pairs: list[str] | None) -> dict[str, str]:
@@ -104,6 +106,25 @@ def table(results: list[dict], final_samples: int) -> str:
     return "\n".join(lines)
 
 
+def ema_table(results: list[dict]) -> str:
+    """G against its moving average at every evaluation (the same step, the same noise):
+    the measurement behind the default ``ema_decay``."""
+    lines = [f"{'configuration':<22} {'step':>7} {'epoch':>6} {'train s':>8} {'FID G':>8} "
+             f"{'FID EMA':>8} {'IS G':>6} {'IS EMA':>6}"]
+    for r in results:
+        by_step: dict[int, dict[str, dict]] = {}
+        for e in r["evaluations"]:
+            by_step.setdefault(e["step"], {})[e.get("generator", "raw")] = e
+        for step, pair in sorted(by_step.items()):
+            raw, ema = pair.get("raw"), pair.get("ema")
+            if raw is None or ema is None:
+                continue
+            lines.append(f"{r['config']:<22} {step:>7} {raw['epoch']:>6.2f} "
+                         f"{raw.get('time') or 0:>8.0f} {raw['fid']:>8.2f} {ema['fid']:>8.2f} "
+                         f"{raw['inception_score']:>6.2f} {ema['inception_score']:>6.2f}")
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
 def save_figure(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -153,8 +174,11 @@ def main(args: argparse.Namespace) -> int:
         results.append(bench_one(name, path, out, overrides, budget_s, args.final_samples))
         print(f"  {name}: {results[-1]['steps']} steps in {results[-1]['training_s']:.0f} s",
               flush=True)
-    text = table(results, args.final_samples)
-    print(text)
+    print(table(results, args.final_samples))
+    pairs = ema_table(results)
+    if pairs:
+        print("\nG and its moving average at every evaluation (eval_samples images each):")
+        print(pairs)
     (out / RESULTS_FILE).write_text(json.dumps(
         {"budget_s": budget_s, "final_samples": args.final_samples, "device":
          torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,

@@ -39,7 +39,8 @@ def log_line(row: dict, batches_per_epoch: int) -> str:
 
 
 def _state_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    """A copy, also on the CPU: ``.cpu()`` alone would alias weights that keep training."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 class ConsoleLogger(Callback):
@@ -235,9 +236,10 @@ class QualityEvaluator(Callback):
     or, for a search trial, every ``every_steps`` steps and at its last step (so that each
     report carries a fresh score).
 
-    With a ``run_dir`` the evaluations are also written to ``EVAL_FILE``, and whenever either
-    generator scores the lowest FID of the run so far it is written to ``BEST_GENERATOR``
-    (a plain state dict) with ``BEST_INFO`` beside it."""
+    Whenever either generator scores the lowest FID of the run so far, its weights become
+    ``trainer.best_generator`` (kept in the full state). With a ``run_dir`` the evaluations
+    are also written to ``EVAL_FILE`` and the best generator to ``BEST_GENERATOR`` (a plain
+    state dict) with ``BEST_INFO`` beside it."""
 
     def __init__(self, meter, run_dir: Path | None = None,
                  write: Callable[[str], None] | None = None, every_steps: int = 0):
@@ -249,19 +251,22 @@ class QualityEvaluator(Callback):
         new = record_quality(trainer, self.meter)
         if not new:
             return
+        row, generator = min(new, key=lambda pair: pair[0]["fid"])
+        improved = before is None or row["fid"] < before["fid"]
+        if improved:
+            trainer.best_generator = _state_cpu(generator)
         if self.run_dir is not None:
             write_evals_parquet(trainer.stats.evals, self.run_dir / EVAL_FILE)
-            row, generator = min(new, key=lambda pair: pair[0]["fid"])
-            if before is None or row["fid"] < before["fid"]:
-                self._save_best(row, generator)
+            if improved:
+                self._save_best(row, trainer.best_generator)
         if self.write is not None:
             for row, _ in new:
                 label = "EMA G" if row["generator"] == "ema" else "G"
                 self.write(f"[Epoch {trainer.epoch}] quality of {label} ({row['n']} samples): "
                            f"{quality_summary(row)}")
 
-    def _save_best(self, row: dict, generator: torch.nn.Module) -> None:
-        save_torch(_state_cpu(generator), self.run_dir / BEST_GENERATOR)
+    def _save_best(self, row: dict, weights: dict[str, torch.Tensor]) -> None:
+        save_torch(weights, self.run_dir / BEST_GENERATOR)
         keys = ("step", "epoch", "generator", "fid", "inception_score", "classes_covered",
                 "largest_class_fraction", "n")
         info = {k: row[k] for k in keys if k in row} | {"eval_samples": row.get("n")}

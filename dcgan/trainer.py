@@ -119,6 +119,10 @@ class Trainer:
 
         # The average of G's weights (on the device, updated after every step).
         self.ema = GeneratorEMA(self.generator, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # The weights (CPU state dict) of the lowest-FID generator evaluated so far, G or its
+        # average: kept in the full state, so that a search trial, which writes no files,
+        # still hands back its best generator and not its last.
+        self.best_generator: dict[str, torch.Tensor] | None = None
         self.step = 0  # completed steps; the next step's index
         self.epoch = 0  # epoch of the last completed step
         self.batch = -1  # batch index (in its epoch) of the last completed step
@@ -220,6 +224,7 @@ class Trainer:
             "stats": self.stats.state_dict(),
             "elapsed": self.elapsed(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "best_generator": self.best_generator,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint",
@@ -244,6 +249,7 @@ class Trainer:
             elif self.ema is not None:
                 self.ema = GeneratorEMA(self.generator, self.cfg.ema_decay)
             self.stats.load_state_dict(state["stats"])
+            self.best_generator = state.get("best_generator")  # absent before this key
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{source} does not match this model: {first[:200]}") from None

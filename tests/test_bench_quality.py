@@ -28,14 +28,23 @@ def test_tiny_bench_quality(tmp_path, data_dir):
     by_name = {r["config"]: r for r in results["results"]}
     assert set(by_name) == {"seed", "recommended"}
     for name, r in by_name.items():
-        assert r["outcome"] == "interrupted"  # stopped by the budget, state saved
+        assert r["outcome"] == "completed"  # ended by the budget, like a step cap
         assert r["training_s"] >= 30 and r["steps"] >= 8  # the budget, past one epoch
+        # Scored at the step the budget ended on, as a run is at its end.
+        assert max(e["step"] for e in r["evaluations"]) == r["steps"]
+        assert (out / name / "dcgan_generator_ema_final.pth").exists()
         assert r["final"]["n"] == 300 and r["final"]["fid"] > 0
         assert r["best"]["fid"] == min(e["fid"] for e in r["evaluations"])
         assert {e["generator"] for e in r["evaluations"]} == {"raw", "ema"}
         assert (out / name / "dcgan_generator_best.pth").exists()
         assert f"{name} + EMA" in proc.stdout and f"{name} best, N=300" in proc.stdout
     assert (out / "quality_vs_time.png").stat().st_size > 10_000
+    # G against its average at every evaluation: one line per configuration and step.
+    pairs = proc.stdout.split("G and its moving average at every evaluation")[1]
+    for name, r in by_name.items():
+        steps = sorted({e["step"] for e in r["evaluations"]})
+        lines = [line for line in pairs.splitlines() if line.startswith(name + " ")]
+        assert [int(line.split()[1]) for line in lines] == steps
 
 
 def test_bench_quality_refuses_a_missing_config(tmp_path):

@@ -162,6 +162,20 @@ def test_make_submits_real_commands_to_a_cluster(target):
     assert "/storage/" in proc.stdout  # artifacts land in the shared volume
 
 
+@pytest.mark.parametrize(("config", "run"), [(None, "runs/train"),
+                                           ("recommended", "runs/train-recommended")])
+def test_make_train_takes_a_named_config(config, run):
+    """`make train` trains the seed's configuration; CONFIG=recommended the recommended one,
+    into a run directory of its own (a seed run there would refuse the other config)."""
+    proc = subprocess.run(["make", "-n", "train", *([f"CONFIG={config}"] if config else [])],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    argv = _dcgan_invocations(proc.stdout.replace(".venv/bin/dcgan ", "dcgan "))[0]
+    assert argv[:3] == ["train", "--out", run]
+    assert argv[argv.index("--config") + 1] == f"configs/{config or 'seed'}.yaml"
+    _check_dcgan(argv)
+
+
 # -- a real two-node cluster ---------------------------------------------------------------
 
 

@@ -168,8 +168,26 @@ def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir
                 written.append((t.step, json.loads((tmp_path / BEST_INFO).read_text()),
                                 (tmp_path / BEST_GENERATOR).stat().st_mtime_ns))
 
-    trainer.callbacks.append(Watch())
+    kept = {}
+
+    class Keep(Callback):  # the in-memory best (what a search trial hands back)
+        def on_step_end(self, t):
+            if t.best_generator is not None:
+                kept[t.step] = {k: v.clone() for k, v in t.best_generator.items()}
+
+    trainer.callbacks += [Watch(), Keep()]
     trainer.fit()
+    # Step 4 did not improve: the kept weights are still step 2's, not the trained-on ones.
+    assert all(torch.equal(kept[2][k], kept[4][k]) for k in kept[2])
+    assert not all(torch.equal(kept[4][k], kept[6][k]) for k in kept[4])
+    on_disk = torch.load(tmp_path / BEST_GENERATOR, weights_only=True)
+    assert all(torch.equal(on_disk[k], v) for k, v in trainer.best_generator.items())
+    # It lives in the full state, so a resumed run (or a search trial) keeps it.
+    resumed = Trainer(tiny_cfg(data_dir, max_steps=6, eval_samples=129), images,
+                      torch.device("cpu"))
+    resumed.load_state_dict(trainer.state_dict())
+    assert all(torch.equal(resumed.best_generator[k], v)
+               for k, v in trainer.best_generator.items())
     by_step = {step: (info, mtime) for step, info, mtime in written}
     assert by_step[2][0] == by_step[4][0]  # step 4 scored worse: nothing rewritten
     assert by_step[2][1] == by_step[4][1]

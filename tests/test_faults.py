@@ -31,7 +31,7 @@ from dcgan.checkpoint import list_states, load_state
 from dcgan.runlock import LOCK_FILE
 from dcgan.stats import EVAL_FILE, STATS_FILE
 
-from .conftest import ROOT, one_line_error, run_cli, sets
+from .conftest import ROOT, one_line_error, ray_env, ray_node, run_cli, sets
 
 pytestmark = pytest.mark.slow
 
@@ -388,50 +388,6 @@ def test_scrapes_while_the_endpoint_shuts_down(tmp_path, data_dir):
 
 # -- the Ray head killed during train-distributed -------------------------------------------
 
-@contextlib.contextmanager
-def ray_head(env: dict):
-    """A Ray head of our own (``ray start --block``, its own session and temp dir, free
-    ports), killed with everything it started, whatever happens."""
-    import tempfile
-
-    from dcgan_cluster.preflight import ClusterError, check_address
-
-    temp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths have a limit
-    port, dashboard = free_port(), free_port()
-    log = open(Path(temp) / "head.log", "w")
-    head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=3",
-         "--block", "--disable-usage-stats", f"--temp-dir={temp}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def kill() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        # Ray daemonises some processes out of the session: find them by our temp dir.
-        found = subprocess.run(["pgrep", "-f", temp], capture_output=True, text=True)
-        for pid in found.stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                check_address(f"127.0.0.1:{port}")
-                break
-            except ClusterError:
-                assert time.monotonic() < deadline and head.poll() is None, \
-                    (Path(temp) / "head.log").read_text()[-2000:]
-                time.sleep(0.5)
-        yield f"127.0.0.1:{port}", kill
-    finally:
-        kill()
-        log.close()
-        subprocess.run(["rm", "-rf", temp], check=False)
-
-
 def ray_registered_checkpoint(experiment: Path) -> bool:
     """Ray Train resumes from the checkpoints its snapshot lists (a checkpoint folder alone,
     written a moment before the snapshot, is not yet one)."""
@@ -445,27 +401,23 @@ def ray_registered_checkpoint(experiment: Path) -> bool:
 def test_ray_head_killed_during_train_distributed(tmp_path, data_dir):
     """The driver ends with a clear error naming how to resume; rerunning with the same
     --name and --storage on a new Ray instance resumes from the last checkpoint."""
-    import secrets
-
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-               PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    env = {**ray_env(), "PYTHONUNBUFFERED": "1"}
     run, storage = tmp_path / "run", tmp_path / "storage"
     small = {"train_subset": 640, "batch_size": 32, "log_every": 5, "sample_every": 0,
              "eval_every": 0, "checkpoint_every": 1, "data_dir": data_dir}
     common = ["train-distributed", "--out", str(run), "--workers", "2", "--use-gpu", "false",
               "--storage", str(storage), "--name", "run"]
-    with ray_head(env) as (address, kill_head):
+    with ray_node(tmp_path / "head.log", env, num_cpus=3) as head:
         with open(tmp_path / "driver.log", "w") as log:
             driver = subprocess.Popen(
-                [sys.executable, "-m", "dcgan", *common, "--address", address,
+                [sys.executable, "-m", "dcgan", *common, "--address", head.address,
                  *sets({**small, "epochs": 50})],
                 stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT, env=env,
                 start_new_session=True)
             try:
                 wait_for(lambda: ray_registered_checkpoint(storage / "run"), 300,
                          "the first Ray checkpoint", driver)
-                kill_head()
+                os.killpg(head.proc.pid, signal.SIGKILL)  # the head and all it started
                 status = driver.wait(timeout=180)
             finally:
                 if driver.poll() is None:
@@ -479,9 +431,10 @@ def test_ray_head_killed_during_train_distributed(tmp_path, data_dir):
     saved = sorted((storage / "run").glob("checkpoint_*"))
     assert saved
 
-    # A new (local) Ray instance, the same name and storage: it resumes.
-    again = run_cli([*common, *sets({**small, "epochs": 2})], timeout=400,
-                    env={"RAY_ADDRESS": ""})
+    # A new Ray instance, the same name and storage: it resumes.
+    with ray_node(tmp_path / "head-2.log", env, num_cpus=3) as head:
+        again = run_cli([*common, "--address", head.address, *sets({**small, "epochs": 2})],
+                        timeout=400, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     restored = [line for line in (again.stdout + again.stderr).splitlines()
                 if "Restored from the checkpoint at step" in line]

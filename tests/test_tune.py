@@ -267,15 +267,19 @@ def test_search_end_to_end(search, tmp_path, data_dir):
                                              "eval_every": 0, "data_dir": data_dir})])
     assert train.returncode == 0, train.stderr
     assert f"g_lr: {best['g_lr']}" in (run / "config.yaml").read_text()
-    # The best generator is the best trial's last checkpointed generator, sample for sample.
+    # The best generator is the best trial's best evaluated one (the FID it reported, G or
+    # its average, kept in its last checkpoint), sample for sample.
     raw = tmp_path / "best.npy"
     proc = run_cli(["sample", "--generator", str(out / "best_generator.pth"),
                     "--out", str(tmp_path / "best.png"), "--n", "8", "--save-tensor", str(raw)])
     assert proc.returncode == 0, proc.stderr
+    from dcgan.checkpoint import load_state, save_torch
     from dcgan.generation import load_generator, sample
 
-    state = Path(summary["best_checkpoint"]) / "state.pt"
-    assert np.array_equal(np.load(raw), sample(load_generator(state), 8, 0).numpy())
+    state = load_state(Path(summary["best_checkpoint"]) / "state.pt")
+    assert summary["fid"] == pytest.approx(min(r["fid"] for r in state["stats"]["evals"]))
+    save_torch(state["best_generator"], tmp_path / "kept.pth")
+    assert np.array_equal(np.load(raw), sample(load_generator(tmp_path / "kept.pth"), 8, 0).numpy())
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
 re-implements it. The three objectives (lower is better):
 
 * ``balance`` (default): balance_score, guarded by sample quality (below);
-* ``fid``: the latest FID;
+* ``fid``: the best FID so far (of G or its moving average);
 * ``combined``: balance_score + ln(FID): a tenfold FID improvement is worth 2.3 balance
   units, about the cost of one network clearly dominating the other.
 

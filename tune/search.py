@@ -4,7 +4,8 @@ Tuner, then writes the trials table, the best config, and the best trial's gener
 Outputs in OUT (docs/tuning.md):
   trials.parquet, trials.csv  one row per trial: hyperparameters, final metrics, verdict
   best_config.yaml            the base config with the best hyperparameters (dcgan train --config)
-  best_generator.pth          the best trial's generator weights (dcgan sample --generator)
+  best_generator.pth          the best trial's best evaluated generator (G or its moving
+                              average; dcgan sample --generator)
   search.json                 the best trial and a summary of the search
   search_settings.json        the settings --resume reuses
   ray/                        Ray Tune's experiment (checkpoints; what --resume continues)
@@ -304,7 +305,9 @@ def _save_best_generator(best: dict[str, Any], out: Path) -> str | None:
         return None
     state = load_state(Path(directory) / STATE_FILE)
     path = out / "best_generator.pth"
-    save_torch(state["generator"], path)
+    # The trial's best evaluated generator (G or its average), as its objective reported;
+    # states written before the key existed hold only the last G.
+    save_torch(state.get("best_generator") or state["generator"], path)
     return str(path)
 
 

@@ -31,19 +31,13 @@ from dcgan.checkpoint import list_states, load_state
 from dcgan.runlock import LOCK_FILE
 from dcgan.stats import EVAL_FILE, STATS_FILE
 
-from .conftest import ROOT, one_line_error, ray_env, ray_node, run_cli, sets
+from .conftest import ROOT, free_port, one_line_error, ray_env, ray_node, run_cli, sets
 
 pytestmark = pytest.mark.slow
 
 # 8 steps per epoch; the first epoch ends with a full-state checkpoint at step 8.
 BASE = {"train_subset": 256, "batch_size": 32, "device": "cpu", "log_every": 2,
         "sample_every": 0, "eval_every": 0, "checkpoint_every": 1, "epochs": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_args(out: Path, data_dir: str, *extra: str, **overrides) -> list[str]:

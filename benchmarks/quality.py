@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from dcgan.errors import ConfigError
+from dcgan.layout import BEST_GENERATOR, BEST_INFO
 from dcgan.stats import best_overall
 from dcgan.trainer import Callback, Trainer
 
@@ -58,19 +59,21 @@ def parse_configs(pairs: list[str] | None) -> dict[str, str]:
 
 
 def bench_one(name: str, config: str, out: Path, overrides: list[str], budget_s: float | None,
-              final_samples: int) -> dict:
+              final_samples: int, seed: int | None = None) -> dict:
     from dcgan.generation import load_generator, sample
     from dcgan.quality import build_meter
     from dcgan.run import train_local
 
-    run = out / name
+    run = out / (name if seed is None else f"{name}-seed{seed}")
+    seeded = [] if seed is None else [f"seed={seed}"]
     started = time.perf_counter()
-    trainer, outcome = train_local(run, config, overrides, overwrite=True, progress=False,
-                                   callbacks=[WallClock(budget_s)])
+    trainer, outcome = train_local(run, config, [*overrides, *seeded], overwrite=True,
+                                   progress=False, callbacks=[WallClock(budget_s)])
     wall = time.perf_counter() - started
     evals = trainer.stats.evals
-    best_info = json.loads((run / "dcgan_generator_best.json").read_text()) if evals else None
-    result = {"config": name, "file": config, "outcome": str(outcome), "steps": trainer.step,
+    best_info = json.loads((run / BEST_INFO).read_text()) if evals else None
+    result = {"config": name, "run": run.name, "file": config, "seed": trainer.cfg.seed,
+              "loss": trainer.cfg.loss, "outcome": str(outcome), "steps": trainer.step,
               "epochs": round(trainer.step / trainer.batches_per_epoch, 3),
               "training_s": round(trainer.elapsed(), 1), "wall_s": round(wall, 1),
               "evaluations": evals, "best": best_info, "final": None}
@@ -79,9 +82,13 @@ def bench_one(name: str, config: str, out: Path, overrides: list[str], budget_s:
         result[f"best_{generator}"] = best_overall(rows)
     if best_info is not None:
         device = trainer.device
-        g = load_generator(run / "dcgan_generator_best.pth", device)
+        g = load_generator(run / BEST_GENERATOR, device)
         meter = build_meter(trainer.cfg.data_dir, device)
         result["final"] = meter.measure(sample(g, final_samples, seed=0)).to_dict()
+        # The study's flat record of this run: its best generator at the final N.
+        result.update(fid=result["final"]["fid"],
+                      inception_score=result["final"]["inception_score"],
+                      final_n=final_samples)
     return result
 
 
@@ -89,7 +96,7 @@ def table(results: list[dict], final_samples: int) -> str:
     lines = [f"{'configuration':<26} {'steps':>7} {'train s':>8} {'best of':>8} "
              f"{'at step':>8} {'FID':>8} {'IS':>6} {'classes':>8} {'largest':>8}"]
     for r in results:
-        rows = [(f"{r['config']} (G)", r["best_raw"]), (f"{r['config']} + EMA", r["best_ema"])]
+        rows = [(f"{r['run']} (G)", r["best_raw"]), (f"{r['run']} + EMA", r["best_ema"])]
         for label, row in rows:
             if row is None:
                 continue
@@ -99,7 +106,7 @@ def table(results: list[dict], final_samples: int) -> str:
                          f"{row['largest_class_fraction']:>8.3f}")
         if r["final"] is not None:
             q, b = r["final"], r["best"]
-            lines.append(f"{r['config'] + ' best, N=' + str(final_samples):<26} {r['steps']:>7} "
+            lines.append(f"{r['run'] + ' best, N=' + str(final_samples):<26} {r['steps']:>7} "
                          f"{r['training_s']:>8.0f} {b['generator']:>8} {b['step']:>8} "
                          f"{q['fid']:>8.2f} {q['inception_score']:>6.2f} "
                          f"{q['classes_covered']:>6}/10 {q['largest_class_fraction']:>8.3f}")
@@ -119,7 +126,7 @@ def ema_table(results: list[dict]) -> str:
             raw, ema = pair.get("raw"), pair.get("ema")
             if raw is None or ema is None:
                 continue
-            lines.append(f"{r['config']:<22} {step:>7} {raw['epoch']:>6.2f} "
+            lines.append(f"{r['run']:<22} {step:>7} {raw['epoch']:>6.2f} "
                          f"{raw.get('time') or 0:>8.0f} {raw['fid']:>8.2f} {ema['fid']:>8.2f} "
                          f"{raw['inception_score']:>6.2f} {ema['inception_score']:>6.2f}")
     return "\n".join(lines) if len(lines) > 1 else ""
@@ -137,7 +144,7 @@ def save_figure(results: list[dict], path: Path) -> None:
             rows = [e for e in r["evaluations"] if e.get("generator", "raw") == generator
                     and e.get("time") is not None]
             if rows:
-                label = r["config"] + (" + EMA" if generator == "ema" else " (G)")
+                label = r["run"] + (" + EMA" if generator == "ema" else " (G)")
                 ax.plot([e["time"] / 60 for e in rows], [e["fid"] for e in rows], style,
                         label=label, markersize=3)
     ax.set_yscale("log")
@@ -159,30 +166,40 @@ def main(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise ConfigError("--configs", f"{name}: no such file {path}")
     out = check_writable_dir(Path(args.out))
+    steps = getattr(args, "steps", None)
     gpu = torch.cuda.is_available() and args.budget_minutes is None
-    budget_s = None if gpu else 60 * (args.budget_minutes or 30)
+    budget_s = None if gpu or steps else 60 * (args.budget_minutes or 30)
     overrides = [f"data_dir={args.data_dir}"] if args.data_dir else []
     overrides += list(args.overrides) + (["max_steps=0"] if budget_s else [])
-    if budget_s:  # the budget decides when to stop, not the epochs
+    if budget_s or steps:  # the budget decides when to stop, not the epochs
         overrides.append("epochs=1000")
-    where = ("its full epochs on the GPU" if budget_s is None else
+    if steps:  # steps, not minutes: the same figure on any machine
+        overrides.append(f"max_steps={steps}")
+    where = (f"{steps:,} steps each" if steps else "its full epochs on the GPU"
+             if budget_s is None else
              f"{budget_s / 60:g} minutes of training each on this machine")
+    seeds = list(getattr(args, "seeds", None) or [None])
     print(f"dcgan bench-quality: {', '.join(configs)}; {where}; the best generator then "
           f"scored with {args.final_samples:,} samples", flush=True)
     results = []
     for name, path in configs.items():
-        results.append(bench_one(name, path, out, overrides, budget_s, args.final_samples))
-        print(f"  {name}: {results[-1]['steps']} steps in {results[-1]['training_s']:.0f} s",
-              flush=True)
+        for seed in seeds:
+            results.append(bench_one(name, path, out, overrides, budget_s, args.final_samples,
+                                     seed))
+            r = results[-1]
+            print(f"  {name} (seed {r['seed']}): {r['steps']} steps in "
+                  f"{r['training_s']:.0f} s" + (f", FID {r['fid']:.2f}, IS "
+                                                f"{r['inception_score']:.2f}"
+                                                if "fid" in r else ""), flush=True)
     print(table(results, args.final_samples))
     pairs = ema_table(results)
     if pairs:
         print("\nG and its moving average at every evaluation (eval_samples images each):")
         print(pairs)
     (out / RESULTS_FILE).write_text(json.dumps(
-        {"budget_s": budget_s, "final_samples": args.final_samples, "device":
+        {"budget_s": budget_s, "budget_steps": steps, "final_samples": args.final_samples, "device":
          torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,
-         "threads": torch.get_num_threads(), "results": results},
+         "threads": torch.get_num_threads(), "results": results, "runs": results},
         indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x)
         else str(x)) + "\n")
     save_figure(results, out / FIGURE_FILE)

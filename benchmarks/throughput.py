@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from dcgan.config import TrainConfig
+from dcgan.layout import STATS_FILE, TIMING_FILE
 from dcgan.models import build_models
 
 VARIANTS = {
@@ -124,9 +125,9 @@ def run_ray(data_dir: str, batch_size: int, warmup: int, steps: int,
                      f"max_steps={warmup + steps}", "eval_every=0", "sample_every=0",
                      "checkpoint_every=0", "log_every=1000", "device=cpu"]
         train_distributed(Path(tmp) / "run", workers, use_gpu="false", overrides=overrides)
-        times = pq.read_table(Path(tmp) / "run" / "dcgan_training_stats.parquet").column(
+        times = pq.read_table(Path(tmp) / "run" / STATS_FILE).column(
             "time").to_pylist()
-        startup = json.loads((Path(tmp) / "run" / "dcgan_timing.json").read_text())
+        startup = json.loads((Path(tmp) / "run" / TIMING_FILE).read_text())
     ips = steps * batch_size / (times[warmup + steps - 1] - times[warmup - 1])
     return ips, startup["start_to_first_step_s"]
 

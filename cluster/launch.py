@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.errors import ConfigError
+from dcgan.layout import CONFIG_FILE, RAY_STORAGE_DIR
 from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
@@ -52,10 +53,10 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     if cpus_per_worker <= 0:
         raise ConfigError("--cpus-per-worker", f"must be > 0 (got {cpus_per_worker})")
     name = name or run_dir.name
-    storage = check_storage(storage or str(run_dir / "ray"))
+    storage = check_storage(storage or str(run_dir / RAY_STORAGE_DIR))
     # The driver holds RUN_DIR for the whole run; rank 0 (maybe on another node) writes it.
     with hold_run_dir(run_dir, "dcgan train-distributed"):
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / CONFIG_FILE)
         return _run(cfg, run_dir, workers, gpu, address, storage, name, cpus_per_worker,
                     gpus_per_worker, started_at, (metrics_host, metrics_port))
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dcgan.checkpoint import load_state, save_torch, with_header
-
-STATE_FILE = "state.pt"  # the full state inside a Ray checkpoint directory
+from dcgan.layout import RAY_STATE_FILE as STATE_FILE
 
 
 class RayStore:

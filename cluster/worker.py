@@ -22,11 +22,10 @@ from torch import nn
 from dcgan.assembly import Placement, assemble
 from dcgan.config import TrainConfig
 from dcgan.io import atomic_write_text
+from dcgan.layout import TIMING_FILE
 from dcgan.trainer import Callback, Trainer
 from dcgan_cluster.metrics_hub import hub_pusher
 from dcgan_cluster.ray_store import RayStore
-
-TIMING_FILE = "dcgan_timing.json"
 
 
 def use_sync_batchnorm(cfg: TrainConfig, device: torch.device) -> bool:

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dcgan.diagnostics import ACC_BAND, RATIO_BAND, Diagnosis, report
+from dcgan.diagnostics import Diagnosis, report
 from dcgan.io import atomic_write_bytes
 from dcgan.stats import best_overall
 
-ANALYSIS_FILE = "dcgan_training_analysis.png"
 PANEL_TITLES = ("Raw losses", "Smoothed losses", "Discriminator accuracy",
                 "Loss ratio G/D", "Loss difference G - D", "Diagnostics")
 D_COLOR, G_COLOR = "tab:blue", "tab:orange"
@@ -55,36 +54,46 @@ def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int |
 
     ax[0].plot(steps, d_loss, color=D_COLOR, lw=0.6, alpha=0.7, label="D loss")
     ax[0].plot(steps, g_loss, color=G_COLOR, lw=0.6, alpha=0.7, label="G loss")
-    ax[0].set_ylabel("BCE loss (nats)")
+    profile = diag.profile  # what this run's loss numbers mean (dcgan.losses)
+    loss_label = profile.d_loss_label
+    ax[0].set_ylabel(loss_label)
 
     ax[1].plot(steps, moving_average(d_loss, k), color=D_COLOR, lw=1.6, label="D loss")
     ax[1].plot(steps, moving_average(g_loss, k), color=G_COLOR, lw=1.6, label="G loss")
-    floor = diag.to_dict()["loss_floor"]
-    ax[1].axhline(floor, color="gray", ls=":", lw=1,
-                  label=f"BCE floor {floor:.3f} (label smoothing)")
-    ax[1].set_ylabel(f"BCE loss, moving average of {k}")
+    floor = profile.d_floor
+    if floor is not None:
+        what = ("BCE floor {:.3f} (label smoothing)" if profile.name == "bce" else
+                f"{profile.name} floor {{:.3f}} ({profile.floor_note.split(':')[0]})")
+        ax[1].axhline(floor, color="gray", ls=":", lw=1, label=what.format(floor))
+    ax[1].set_ylabel(f"{loss_label.split(' (')[0]}, moving average of {k}")
 
     ax[2].plot(steps, 100 * moving_average(real_acc, k), color="tab:green", lw=1.4,
                label="real classified real")
     ax[2].plot(steps, 100 * moving_average(fake_acc, k), color="tab:red", lw=1.4,
                label="fake classified fake")
     ax[2].axhline(50, color="black", ls="--", lw=1, label="50% (equilibrium)")
-    ax[2].axhspan(100 * ACC_BAND[0], 100 * ACC_BAND[1], color="tab:green", alpha=0.08,
-                  label="60-90% (healthy)")
+    if profile.acc_band is not None:
+        lo, hi = profile.acc_band
+        ax[2].axhspan(100 * lo, 100 * hi, color="tab:green", alpha=0.08,
+                      label=f"{100 * lo:.0f}-{100 * hi:.0f}% (healthy)")
     ax[2].set_ylim(0, 100)
     ax[2].set_ylabel(f"accuracy (%), moving average of {k}")
 
     ratio = moving_average(g_loss, k) / np.maximum(moving_average(d_loss, k), 1e-12)
     ax[3].plot(steps, ratio, color="tab:purple", lw=1.4, label="G loss / D loss")
-    ax[3].axhspan(*RATIO_BAND, color="tab:green", alpha=0.08, label="0.3-3.0 (balanced)")
-    ax[3].axhline(1, color="black", ls="--", lw=1, label="1 (equal losses)")
-    ax[3].set_ylim(0, max(3.5, float(np.nanmax(ratio)) * 1.1 if n else 3.5))
+    if profile.ratio_band is not None:
+        lo, hi = profile.ratio_band
+        ax[3].axhspan(lo, hi, color="tab:green", alpha=0.08, label=f"{lo}-{hi} (balanced)")
+        ax[3].axhline(1, color="black", ls="--", lw=1, label="1 (equal losses)")
+        ax[3].set_ylim(0, max(3.5, float(np.nanmax(ratio)) * 1.1 if n else 3.5))
+    else:  # a loss that can be negative: the ratio is shown, but judged by nothing
+        ax[3].axhline(0, color="black", ls="--", lw=1, label=f"no healthy band for {profile.name}")
     ax[3].set_ylabel("ratio")
 
     ax[4].plot(steps, moving_average(g_loss - d_loss, k), color="tab:brown", lw=1.4,
                label="G loss - D loss")
     ax[4].axhline(0, color="black", ls="--", lw=1, label="0 (evenly matched)")
-    ax[4].set_ylabel("difference (nats)")
+    ax[4].set_ylabel("difference (nats)" if profile.name == "bce" else "difference")
 
     for a, name in zip(ax[:5], PANEL_TITLES[:5], strict=True):
         a.set_title(name)
@@ -127,7 +136,6 @@ def save_analysis(columns: Mapping[str, Sequence], diag: Diagnosis, path: str | 
     atomic_write_bytes(path, buf.getvalue())
 
 
-QUALITY_FILE = "dcgan_quality.png"
 QUALITY_PANELS = ("FID by step", "FID by training time", "Inception Score by step",
                   "Inception Score by training time")
 GENERATOR_STYLE = {"raw": ("G", "tab:blue"), "ema": ("moving average of G", "tab:green")}

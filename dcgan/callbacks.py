@@ -18,16 +18,21 @@ import torch
 from dcgan.checkpoint import StateStore, save_torch
 from dcgan.generation import generate, sample, save_grid
 from dcgan.io import atomic_write_text
+from dcgan.layout import (  # noqa: F401  (BEST_GENERATOR, BEST_INFO: re-exported)
+    BEST_GENERATOR,
+    BEST_INFO,
+    DISCRIMINATOR_FINAL,
+    EVAL_FILE,
+    FINAL_SAMPLES,
+    GENERATOR_EMA_FINAL,
+    GENERATOR_FINAL,
+    STATS_FILE,
+    epoch_weights,
+    samples_file,
+)
 from dcgan.quality import quality_summary
-from dcgan.stats import EVAL_FILE, STATS_FILE, best_overall, write_evals_parquet
+from dcgan.stats import best_overall, write_evals_parquet
 from dcgan.trainer import Callback, Outcome, Trainer, derive_seed
-
-GENERATOR_FINAL = "dcgan_generator_final.pth"
-DISCRIMINATOR_FINAL = "dcgan_discriminator_final.pth"
-FINAL_SAMPLES = "dcgan_final_samples.png"
-GENERATOR_EMA_FINAL = "dcgan_generator_ema_final.pth"
-BEST_GENERATOR = "dcgan_generator_best.pth"
-BEST_INFO = "dcgan_generator_best.json"
 
 
 def log_line(row: dict, batches_per_epoch: int) -> str:
@@ -129,7 +134,7 @@ class SampleWriter(Callback):
         if self.every and trainer.batch % self.every == 0:
             images = generate(trainer.generator, trainer.fixed_noise)
             save_grid(images, self.run_dir /
-                      f"dcgan_samples_epoch_{trainer.epoch}_batch_{trainer.batch}.png")
+                      samples_file(trainer.epoch, trainer.batch))
 
 
 class WeightFiles(Callback):
@@ -144,9 +149,9 @@ class WeightFiles(Callback):
         done = trainer.step // trainer.batches_per_epoch  # epochs completed
         if every and done % every == 0:
             save_torch(_state_cpu(trainer.generator),
-                       self.run_dir / f"dcgan_generator_epoch_{done}.pth")
+                       self.run_dir / epoch_weights("generator", done))
             save_torch(_state_cpu(trainer.discriminator),
-                       self.run_dir / f"dcgan_discriminator_epoch_{done}.pth")
+                       self.run_dir / epoch_weights("discriminator", done))
 
 
 class Checkpointer(Callback):

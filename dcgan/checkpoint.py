@@ -9,7 +9,6 @@ rows so far. Checkpoints are untrusted input: they are read with ``weights_only=
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,12 +16,11 @@ import torch
 
 from dcgan.errors import CheckpointError
 from dcgan.io import atomic_write_bytes
+from dcgan.layout import CHECKPOINT_DIR, STATE_RE, STATE_TMP_GLOB, state_file
 
 FORMAT = "dcgan-train-state"
 VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
 KEEP_LATEST = 2  # the newest full state and one fallback, should the newest be unreadable
-_STATE_RE = re.compile(r"^state_step_(\d+)\.pt$")
 REQUIRED_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "step", "rng", "fixed_noise",
                  "config", "stats", "elapsed")
 
@@ -47,8 +45,7 @@ def load_torch(path: str | Path) -> Any:
             f"checkpoint {path} is corrupt or unreadable ({first[:200]})") from None
 
 
-def state_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"state_step_{step:08d}.pt"
+state_path = state_file  # the layout's name for it
 
 
 def list_states(run_dir: str | Path) -> list[Path]:
@@ -56,7 +53,7 @@ def list_states(run_dir: str | Path) -> list[Path]:
     directory = Path(run_dir) / CHECKPOINT_DIR
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STATE_RE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := STATE_RE.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -71,14 +68,14 @@ def save_state(run_dir: str | Path, state: dict[str, Any]) -> Path:
     save_torch(with_header(state), path)
     for old in list_states(run_dir)[KEEP_LATEST:]:
         old.unlink(missing_ok=True)
-    for leftover in path.parent.glob(".state_step_*.tmp"):  # from a writer killed mid-write
+    for leftover in path.parent.glob(STATE_TMP_GLOB):
         leftover.unlink(missing_ok=True)
     return path
 
 
 class StateStore(Protocol):
     """Where full states go: ``LocalStore`` here; in distributed workers and search trials,
-    a Ray Train or Tune report (``dcgan_cluster.ray_train.RayStore``)."""
+    a Ray Train or Tune report (``dcgan_cluster.ray_store.RayStore``)."""
 
     def save(self, state: dict[str, Any], report: dict[str, Any]) -> str:
         """Keep ``state``; ``report`` (step, epoch, a search's metrics) goes with it where

@@ -108,6 +108,11 @@ def _add_bench_quality(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="training minutes per configuration (default 30 on a CPU; a GPU "
                         "trains the full epochs)")
+    p.add_argument("--steps", type=_positive, default=None, metavar="N",
+                   help="a fixed budget of N training steps per run instead of minutes (the "
+                        "same figure on any machine)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="train each configuration once per seed (default: its config's seed)")
     p.add_argument("--final-samples", type=_bounded(MAX_EVAL_SAMPLES), default=10000,
                    help="samples scoring each best generator (default 10000)")
     p.add_argument("--out", default="runs/bench-quality", help="results folder")

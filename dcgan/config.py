@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from dcgan.ema import DECAY_RULE, valid_decay
 from dcgan.errors import ConfigError
+from dcgan.losses import LOSSES, loss_defaults
 
 DATA_DIR_ENV = "DCGAN_DATA_DIR"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -24,6 +26,7 @@ SMOOTHING_MODES = ("two-sided", "one-sided")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 MAX_EVAL_SAMPLES = 100_000  # 313 MB of images per evaluation
 MAX_LATENT_DIM = 4096
+MAX_CRITIC_STEPS = 100
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -41,10 +44,13 @@ class TrainConfig:
     d_lr: float = 2e-4  # discriminator Adam learning rate
     beta1: float = 0.5  # Adam beta1; 0.5 is steadier than 0.9 for GANs
     beta2: float = 0.999  # Adam beta2
-    # Model.
+    # Model and loss (dcgan.losses).
+    loss: str = "bce"  # bce (the seed's), hinge, or wgan-gp (its own Adam defaults)
+    gp_weight: float = 10.0  # wgan-gp: weight of the gradient penalty (lambda)
+    critic_steps: int = 1  # D updates per G update (wgan-gp default 5)
     latent_dim: int = 100  # size of the noise vector z (at most 4096)
-    label_smoothing: float = 0.1  # real target 1-s, fake target s (two-sided) or 0
-    label_smoothing_mode: str = "two-sided"  # two-sided (the seed) or one-sided (real only)
+    label_smoothing: float = 0.1  # bce: real target 1-s, fake target s (two-sided) or 0
+    label_smoothing_mode: str = "two-sided"  # bce: two-sided (the seed) or one-sided
     dropout: float = 0.3  # dropout after each discriminator block
     # Side effects, counted in steps (batches) or epochs.
     sample_every: int = 100  # sample grid every N batches of an epoch (0 = off)
@@ -127,8 +133,11 @@ def validate(cfg: TrainConfig) -> None:
     _require(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)", cfg.dropout)
     _require(cfg.label_smoothing_mode in SMOOTHING_MODES, "label_smoothing_mode",
              f"must be one of {', '.join(SMOOTHING_MODES)}", cfg.label_smoothing_mode)
-    _require(0 <= cfg.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 turns it off)",
-             cfg.ema_decay)
+    _require(valid_decay(cfg.ema_decay), "ema_decay", DECAY_RULE, cfg.ema_decay)
+    _require(cfg.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}", cfg.loss)
+    _require(cfg.gp_weight >= 0, "gp_weight", "must be >= 0", cfg.gp_weight)
+    _require(1 <= cfg.critic_steps <= MAX_CRITIC_STEPS, "critic_steps",
+             f"must be in 1-{MAX_CRITIC_STEPS}", cfg.critic_steps)
     _require(bool(_DEVICE_RE.match(cfg.device)), "device",
              "must be one of auto, cpu, cuda, cuda:N", cfg.device)
     _require(cfg.precision in PRECISIONS, "precision", "must be one of fp32, bf16, fp16",
@@ -163,9 +172,12 @@ def _coerce(key: str, raw: Any) -> Any:
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Defaults < the chosen loss's own defaults (``dcgan.losses``) < ``values``."""
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ConfigError(unknown[0], f"unknown key (known keys: {', '.join(_FIELDS)})")
+    loss = values.get("loss", TrainConfig.loss)
+    values = {**loss_defaults(str(loss).strip()), **values}
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
 
 

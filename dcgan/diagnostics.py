@@ -14,37 +14,24 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from dcgan.losses import BCELoss, LossProfile, bce_floor, d_loss_floor
+
+__all__ = ["bce_floor", "d_loss_floor"]  # re-exported: the seed's floors, by their old names
+
 DEFAULT_WINDOW = 100  # the seed's "last 100 iterations"
 LONG_WINDOW = 500  # for "D accuracy > 95% over a long window"
-RATIO_BAND = (0.3, 3.0)
-ACC_BAND = (0.60, 0.90)
-LOSS_BAND = (0.5, 1.5)
-D_TOO_STRONG = 0.90
-D_DOMINANT = 0.95
+# The seed's bands, which are BCE's profile (dcgan.losses): kept as names for the figure.
+SEED_PROFILE = BCELoss(0.1).profile
+RATIO_BAND = SEED_PROFILE.ratio_band
+ACC_BAND = SEED_PROFILE.acc_band
+LOSS_BAND = SEED_PROFILE.loss_band
+D_TOO_STRONG = SEED_PROFILE.d_too_strong
+D_DOMINANT = SEED_PROFILE.d_dominant
 FLOOR_MARGIN = 0.05  # "at the floor" = within this many nats of the smallest possible loss
 UNSTABLE_CV = 0.5  # loss standard deviation / mean over the window
 COLLAPSE_RATIO = 0.5  # sample diversity / real-image diversity below this = collapse
 
 REQUIRED_COLUMNS = ("step", "epoch", "d_loss", "g_loss", "d_real_acc", "d_fake_acc")
-
-
-def bce_floor(label_smoothing: float) -> float:
-    """Smallest possible BCE against a smoothed target t = 1 - s (or s): its entropy H(s).
-
-    With the seed's s = 0.1 it is 0.325 nats, so neither L_D (a mean of two such terms) nor
-    L_G can go below 0.325: a "loss near 0" never happens; "near 0.325" means saturation.
-    """
-    s = label_smoothing
-    if s <= 0:
-        return 0.0
-    return -(s * math.log(s) + (1 - s) * math.log(1 - s))
-
-
-def d_loss_floor(label_smoothing: float, one_sided: bool = False) -> float:
-    """Smallest possible L_D: the mean of its two terms' floors. One-sided smoothing (fake
-    target 0) takes the fake term's floor to 0, so L_D can go down to H(s) / 2."""
-    real = bce_floor(label_smoothing)
-    return real / 2 if one_sided else real
 
 
 @dataclass
@@ -82,20 +69,20 @@ class Diagnosis:
     window: WindowStats
     checks: list[Check]
     balance_score: float
-    label_smoothing: float
+    profile: LossProfile = SEED_PROFILE
     extra: dict = field(default_factory=dict)
-    one_sided: bool = False
 
     @property
     def healthy(self) -> bool:
         return all(c.passed for c in self.checks)
 
     def to_dict(self) -> dict:
+        p = self.profile
         return {"window": asdict(self.window) | {"d_acc": self.window.d_acc},
                 "balance_score": self.balance_score,
-                "label_smoothing": self.label_smoothing,
-                "one_sided_smoothing": self.one_sided,
-                "loss_floor": d_loss_floor(self.label_smoothing, self.one_sided),
+                "loss": p.name, "loss_floor": p.d_floor,
+                "bands": {"loss_ratio": p.ratio_band, "accuracy": p.acc_band,
+                          "loss": p.loss_band, "d_too_strong": p.d_too_strong},
                 "healthy": self.healthy,
                 "checks": [asdict(c) for c in self.checks], **self.extra}
 
@@ -136,12 +123,16 @@ def _band_distance(value: float, band: tuple[float, float]) -> float:
     return max(0.0, lo - value) + max(0.0, value - hi)
 
 
-def balance_score(ws: WindowStats) -> float:
+def balance_score(ws: WindowStats, profile: LossProfile = SEED_PROFILE) -> float:
     """How far a window is from balanced training: 0 is balanced, higher is worse.
 
-    score = |ln(G/D loss ratio)|                      (0 when the losses are equal)
+    score = loss term                                 (BCE: |ln(G/D loss ratio)|, 0 when the
+                                                       losses are equal; the loss's profile
+                                                       says what it is for other losses)
           + dist(real_acc, [0.6, 0.9]) + dist(fake_acc, [0.6, 0.9])
           + 4 * max(0, d_acc - 0.9)                   (extra: D too strong)
+
+    The bands are the profile's; a term whose band the loss does not have is 0.
 
     The log makes "G twice D" and "D twice G" equally bad and grows slowly, so one noisy
     side does not swamp the rest; accuracies are fractions, so a 10-point excursion outside
@@ -149,100 +140,129 @@ def balance_score(ws: WindowStats) -> float:
     the band alone because it starves the generator of gradient (the seed's most common
     failure). Inputs are window means, which keeps the score steady from step to step.
     """
-    if not (math.isfinite(ws.loss_ratio) and ws.loss_ratio > 0):
+    p = profile
+    score = p.loss_balance(ws.g_loss, ws.d_loss) if p.loss_balance is not None else 0.0
+    if not math.isfinite(score):
         return math.inf
-    return (abs(math.log(ws.loss_ratio))
-            + _band_distance(ws.real_acc, ACC_BAND) + _band_distance(ws.fake_acc, ACC_BAND)
-            + 4 * max(0.0, ws.d_acc - D_TOO_STRONG))
+    if p.acc_band is not None:
+        score += _band_distance(ws.real_acc, p.acc_band) + _band_distance(ws.fake_acc, p.acc_band)
+    if p.d_too_strong is not None:
+        score += 4 * max(0.0, ws.d_acc - p.d_too_strong)
+    return score
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def assess(ws: WindowStats, label_smoothing: float = 0.1,
-           one_sided: bool = False) -> list[Check]:
-    """The seed's status checks plus the failure modes it lists (losses-only ones)."""
+def assess(ws: WindowStats, profile: LossProfile = SEED_PROFILE) -> list[Check]:
+    """The seed's status checks plus the failure modes it lists (losses-only ones), each
+    against the loss's own profile; a check whose rule the loss does not have is not made."""
     checks = []
-    lo, hi = RATIO_BAND
-    if lo <= ws.loss_ratio <= hi:
-        checks.append(Check("loss_ratio", True,
-                            f"loss ratio G/D {ws.loss_ratio:.2f} is within {lo}-{hi}: "
-                            "G and D are evenly matched"))
-    else:
-        side = "G's loss dwarfs D's (D dominates)" if ws.loss_ratio > hi else \
-            "D's loss dwarfs G's (G dominates)"
-        checks.append(Check("loss_ratio", False,
-                            f"loss ratio G/D {ws.loss_ratio:.2f} is outside {lo}-{hi}: "
-                            f"unbalanced training, {side}",
-                            "adjust the learning rates (g_lr/d_lr) or check the network design"))
+    if profile.ratio_band is not None:
+        checks.append(_ratio_check(ws, profile.ratio_band))
+    if profile.acc_band is not None:
+        checks.append(_accuracy_check(ws, profile.acc_band))
+    if profile.loss_band is not None:
+        checks.append(_loss_band_check(ws, profile.loss_band))
+    if profile.d_too_strong is not None:
+        checks.append(_strength_check(ws, profile.d_too_strong))
+    if profile.d_floor is not None or profile.d_dominant is not None:
+        checks.append(_vanishing_check(ws, profile))
+    if profile.stable_losses:
+        checks.append(_instability_check(ws, profile.stable_losses))
+    return checks
 
-    lo, hi = ACC_BAND
+
+def _ratio_check(ws: WindowStats, band: tuple[float, float]) -> Check:
+    lo, hi = band
+    if lo <= ws.loss_ratio <= hi:
+        return Check("loss_ratio", True, f"loss ratio G/D {ws.loss_ratio:.2f} is within {lo}-{hi}: "
+                                         "G and D are evenly matched")
+    side = "G's loss dwarfs D's (D dominates)" if ws.loss_ratio > hi else \
+        "D's loss dwarfs G's (G dominates)"
+    return Check("loss_ratio", False,
+                 f"loss ratio G/D {ws.loss_ratio:.2f} is outside {lo}-{hi}: "
+                 f"unbalanced training, {side}",
+                 "adjust the learning rates (g_lr/d_lr) or check the network design")
+
+
+def _band_text(band: tuple[float, float]) -> str:
+    return f"{100 * band[0]:.0f}-{100 * band[1]:.0f}%"
+
+
+def _accuracy_check(ws: WindowStats, band: tuple[float, float]) -> Check:
+    lo, hi = band
     accs = {"real": ws.real_acc, "fake": ws.fake_acc}
     if all(lo <= a <= hi for a in accs.values()):
-        checks.append(Check("accuracy_band", True,
-                            f"D accuracy real {_pct(ws.real_acc)}, fake {_pct(ws.fake_acc)}: "
-                            "within 60-90%, both networks have room to learn"))
-    else:
-        low = [k for k, a in accs.items() if a < lo]
-        high = [k for k, a in accs.items() if a > hi]
-        parts = ([f"{'/'.join(low)} below 60% (G fools D or D is not learning)"] if low else []) \
-            + ([f"{'/'.join(high)} above 90% (D separates them easily)"] if high else [])
-        advice = "lower d_lr or raise dropout" if high and not low else \
-            "raise d_lr, lower dropout, or train longer: D has to learn first"
-        checks.append(Check("accuracy_band", False,
-                            f"D accuracy real {_pct(ws.real_acc)}, fake {_pct(ws.fake_acc)}: "
-                            + "; ".join(parts), advice))
+        return Check("accuracy_band", True,
+                     f"D accuracy real {_pct(ws.real_acc)}, fake {_pct(ws.fake_acc)}: "
+                     f"within {_band_text(band)}, both networks have room to learn")
+    low = [k for k, a in accs.items() if a < lo]
+    high = [k for k, a in accs.items() if a > hi]
+    parts = ([f"{'/'.join(low)} below {100 * lo:.0f}% (G fools D or D is not learning)"]
+             if low else []) \
+        + ([f"{'/'.join(high)} above {100 * hi:.0f}% (D separates them easily)"] if high else [])
+    advice = "lower d_lr or raise dropout" if high and not low else \
+        "raise d_lr, lower dropout, or train longer: D has to learn first"
+    return Check("accuracy_band", False,
+                 f"D accuracy real {_pct(ws.real_acc)}, fake {_pct(ws.fake_acc)}: "
+                 + "; ".join(parts), advice)
 
-    lo, hi = LOSS_BAND
+
+def _loss_band_check(ws: WindowStats, band: tuple[float, float]) -> Check:
+    lo, hi = band
     losses = {"G": ws.g_loss, "D": ws.d_loss}
     out = {k: v for k, v in losses.items() if not lo <= v <= hi}
     if not out:
-        checks.append(Check("loss_band", True, f"losses G {ws.g_loss:.3f}, D {ws.d_loss:.3f} "
-                                               "are within 0.5-1.5"))
-    else:
-        desc = ", ".join(f"{k} {v:.3f} {'below' if v < lo else 'above'} the band"
-                         for k, v in out.items())
-        checks.append(Check("loss_band", False, f"losses outside 0.5-1.5: {desc}",
-                            "a side whose loss is far below the other's is winning: slow it "
-                            "down (its learning rate) or strengthen the other"))
+        return Check("loss_band", True, f"losses G {ws.g_loss:.3f}, D {ws.d_loss:.3f} "
+                                        f"are within {lo}-{hi}")
+    desc = ", ".join(f"{k} {v:.3f} {'below' if v < lo else 'above'} the band"
+                     for k, v in out.items())
+    return Check("loss_band", False, f"losses outside {lo}-{hi}: {desc}",
+                 "a side whose loss is far below the other's is winning: slow it "
+                 "down (its learning rate) or strengthen the other")
 
-    if ws.d_acc > D_TOO_STRONG:
-        checks.append(Check("discriminator_strength", False,
-                            f"D accuracy {_pct(ws.d_acc)} > 90%: the discriminator is too "
-                            "strong and the generator struggles to improve",
-                            "increase dropout, lower d_lr"))
-    else:
-        checks.append(Check("discriminator_strength", True,
-                            f"D accuracy {_pct(ws.d_acc)} <= 90%: the generator gets gradient"))
 
-    floor = d_loss_floor(label_smoothing, one_sided)
-    at_floor = ws.d_loss < floor + FLOOR_MARGIN
-    dominant = ws.long_d_acc > D_DOMINANT
+def _strength_check(ws: WindowStats, limit: float) -> Check:
+    if ws.d_acc > limit:
+        return Check("discriminator_strength", False,
+                     f"D accuracy {_pct(ws.d_acc)} > {100 * limit:.0f}%: the discriminator is "
+                     "too strong and the generator struggles to improve",
+                     "increase dropout, lower d_lr")
+    return Check("discriminator_strength", True,
+                 f"D accuracy {_pct(ws.d_acc)} <= {100 * limit:.0f}%: the generator gets "
+                 "gradient")
+
+
+def _vanishing_check(ws: WindowStats, profile: LossProfile) -> Check:
+    floor = profile.d_floor
+    at_floor = floor is not None and ws.d_loss < floor + FLOOR_MARGIN
+    dominant = profile.d_dominant is not None and ws.long_d_acc > profile.d_dominant
     if at_floor or dominant:
-        why = (f"D loss {ws.d_loss:.3f} is at its floor {floor:.3f} (label smoothing "
-               f"{label_smoothing})" if at_floor else
-               f"D accuracy {_pct(ws.long_d_acc)} > 95% over the last "
-               f"{min(LONG_WINDOW, ws.last_step + 1)} iterations")
-        checks.append(Check("vanishing_gradients", False,
-                            f"vanishing generator gradients: {why}",
-                            "increase label smoothing or dropout, lower d_lr"))
-    else:
-        checks.append(Check("vanishing_gradients", True,
-                            f"no vanishing gradients: D loss {ws.d_loss:.3f} is above its "
-                            f"floor {floor:.3f}"))
+        if at_floor:
+            why = f"D loss {ws.d_loss:.3f} is at its floor {floor:.3f} ({profile.floor_note})"
+        else:
+            why = (f"D accuracy {_pct(ws.long_d_acc)} > {100 * profile.d_dominant:.0f}% over "
+                   f"the last {min(LONG_WINDOW, ws.last_step + 1)} iterations")
+        return Check("vanishing_gradients", False, f"vanishing generator gradients: {why}",
+                     "increase label smoothing or dropout, lower d_lr")
+    shown = f"{floor:.3f}" if floor is not None else "none"
+    return Check("vanishing_gradients", True,
+                 f"no vanishing gradients: D loss {ws.d_loss:.3f} is above its floor {shown}")
 
-    cv = max(ws.g_loss_std / ws.g_loss if ws.g_loss > 0 else 0.0,
-             ws.d_loss_std / ws.d_loss if ws.d_loss > 0 else 0.0)
+
+def _instability_check(ws: WindowStats, losses: tuple[str, ...]) -> Check:
+    spreads = {"g": (ws.g_loss_std, ws.g_loss), "d": (ws.d_loss_std, ws.d_loss)}
+    cv = max((std / mean if mean > 0 else 0.0) for std, mean in
+             (spreads[k] for k in losses))
     if cv > UNSTABLE_CV:
-        checks.append(Check("instability", False,
-                            f"unstable training: loss standard deviation is {cv:.2f} of its "
-                            f"mean over the last {ws.n} iterations",
-                            "lower the learning rates or increase batch_size"))
-    else:
-        checks.append(Check("instability", True,
-                            f"stable: loss spread {cv:.2f} of the mean (limit {UNSTABLE_CV})"))
-    return checks
+        return Check("instability", False,
+                     f"unstable training: loss standard deviation is {cv:.2f} of its "
+                     f"mean over the last {ws.n} iterations",
+                     "lower the learning rates or increase batch_size")
+    return Check("instability", True,
+                 f"stable: loss spread {cv:.2f} of the mean (limit {UNSTABLE_CV})")
 
 
 def mean_pairwise_distance(images: torch.Tensor) -> float:
@@ -267,19 +287,18 @@ def diversity_check(samples: torch.Tensor, real: torch.Tensor) -> tuple[Check, f
                  f"no mode collapse: sample diversity {ratio:.2f}x that of real images"), ratio
 
 
-def diagnose(columns: Mapping[str, Sequence], label_smoothing: float = 0.1,
+def diagnose(columns: Mapping[str, Sequence], profile: LossProfile = SEED_PROFILE,
              window: int = DEFAULT_WINDOW, samples: torch.Tensor | None = None,
-             real: torch.Tensor | None = None, quality: dict | None = None,
-             one_sided: bool = False) -> Diagnosis:
+             real: torch.Tensor | None = None, quality: dict | None = None) -> Diagnosis:
     """All of the above for one window; ``quality`` is the latest sample-quality row."""
     ws = window_stats(columns, window)
-    checks = assess(ws, label_smoothing, one_sided)
+    checks = assess(ws, profile)
     extra: dict = {"quality": quality} if quality else {}
     if samples is not None and real is not None:
         check, ratio = diversity_check(samples, real)
         checks.append(check)
         extra["diversity_ratio"] = ratio
-    return Diagnosis(ws, checks, balance_score(ws), label_smoothing, extra, one_sided)
+    return Diagnosis(ws, checks, balance_score(ws, profile), profile, extra)
 
 
 def status_line(diag: Diagnosis) -> str:
@@ -287,7 +306,8 @@ def status_line(diag: Diagnosis) -> str:
     ws = diag.window
     failed = [c.name for c in diag.checks if not c.passed]
     state = "healthy" if not failed else "issues: " + ", ".join(failed)
-    return (f"status: balance {diag.balance_score:.3f} | ratio {ws.loss_ratio:.2f} | "
+    ratio = f" | ratio {ws.loss_ratio:.2f}" if diag.profile.ratio_band is not None else ""
+    return (f"status: balance {diag.balance_score:.3f}{ratio} | "
             f"acc real {_pct(ws.real_acc)} fake {_pct(ws.fake_acc)} | {state}")
 
 
@@ -300,15 +320,26 @@ def _quality_lines(q: dict | None) -> list[str]:
             f"{q['largest_class_fraction']:.3f}   Mean confidence: {q['mean_confidence']:.3f}"]
 
 
+def _loss_lines(p: LossProfile) -> list[str]:
+    """What the numbers mean, for a loss other than the seed's (whose report stays as it is)."""
+    if p.name == "bce":
+        return []
+    return [f"  Loss: {p.name}: {p.meaning}",
+            f"  Accuracy: {p.accuracy_meaning}",
+            *(f"  Note: {note}" for note in p.notes)]
+
+
 def report(diag: Diagnosis) -> str:
-    """The seed's final report."""
-    ws = diag.window
+    """The seed's final report (with what the numbers mean when the loss is not BCE)."""
+    ws, p = diag.window, diag.profile
+    ratio = ([f"  Loss ratio (G/D): {ws.loss_ratio:.3f}"] if p.ratio_band is not None else [])
     lines = [f"Final Stats (last {ws.n} iterations):",
+             *_loss_lines(p),
              f"  G loss: {ws.g_loss:.4f}",
              f"  D loss: {ws.d_loss:.4f}",
              f"  Real accuracy: {_pct(ws.real_acc)}",
              f"  Fake accuracy: {_pct(ws.fake_acc)}",
-             f"  Loss ratio (G/D): {ws.loss_ratio:.3f}",
+             *ratio,
              f"  Loss difference (G-D): {ws.loss_diff:+.4f}",
              f"  Balance score: {diag.balance_score:.4f} (0 = balanced, lower is better)",
              *_quality_lines(diag.extra.get("quality")),

@@ -27,16 +27,24 @@ BN_BATCHES = 8
 BN_BATCH = 256
 
 
+# The one rule for a decay (the config's ema_decay key uses it too): 0 copies G, and 1 would
+# freeze the average at G's initial weights, which no run wants.
+DECAY_RULE = "must be in [0, 1) (0 turns it off)"
+
+
+def valid_decay(decay: float) -> bool:
+    return 0 <= decay < 1
+
+
 def warmup_decay(decay: float, updates: int) -> float:
-    """The decay of update number ``updates + 1``. Decay 1 (a frozen average) skips the
-    warm-up: it is the one setting that asks for the initial weights to stay."""
-    return decay if decay >= 1 else min(decay, (1 + updates) / (10 + updates))
+    """The decay of update number ``updates + 1``."""
+    return min(decay, (1 + updates) / (10 + updates))
 
 
 class GeneratorEMA:
     def __init__(self, generator: nn.Module, decay: float):
-        if not 0 <= decay <= 1:
-            raise ValueError(f"decay must be in [0, 1] (got {decay})")
+        if not valid_decay(decay):
+            raise ValueError(f"decay {DECAY_RULE} (got {decay})")
         self.decay = decay
         self.updates = 0
         self.params = [p for p in generator.parameters()]
@@ -45,7 +53,7 @@ class GeneratorEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        """shadow <- d * shadow + (1 - d) * weights. Decay 0 copies, decay 1 freezes."""
+        """shadow <- d * shadow + (1 - d) * weights. Decay 0 copies."""
         d = warmup_decay(self.decay, self.updates)
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
         self.updates += 1

@@ -43,10 +43,20 @@ class Generator(nn.Module):
         return self.blocks(x)
 
 
-def _d_block(c_in: int, c_out: int, dropout: float, batch_norm: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(c_out))
+NORMS = ("batch", "layer")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    # "layer": one group over (C, H, W) with a per-channel affine, i.e. LayerNorm of each
+    # sample on its own. WGAN-GP's per-sample gradient penalty needs a critic whose output
+    # for one image does not depend on the others in its batch, which BatchNorm breaks.
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(1, channels)
+
+
+def _d_block(c_in: int, c_out: int, dropout: float, norm: str | None) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=norm is None)]
+    if norm is not None:
+        layers.append(_norm(norm, c_out))
     layers += [nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(dropout)]
     return layers
 
@@ -58,15 +68,19 @@ class Discriminator(nn.Module):
     LeakyReLU(0.2) and Dropout, BatchNorm on all but the first; then one linear unit. It
     returns logits rather than probabilities so that the loss can use the numerically stable
     ``BCEWithLogitsLoss`` (also the only BCE that autocast allows).
+
+    ``norm="layer"`` replaces BatchNorm by a per-sample norm: the critic of WGAN-GP.
     """
 
-    def __init__(self, dropout: float = 0.3):
+    def __init__(self, dropout: float = 0.3, norm: str = "batch"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}")
         self.features = nn.Sequential(
-            *_d_block(1, 64, dropout, batch_norm=False),
-            *_d_block(64, 128, dropout, batch_norm=True),
-            *_d_block(128, 256, dropout, batch_norm=True),
-            *_d_block(256, 512, dropout, batch_norm=True),
+            *_d_block(1, 64, dropout, None),
+            *_d_block(64, 128, dropout, norm),
+            *_d_block(128, 256, dropout, norm),
+            *_d_block(256, 512, dropout, norm),
         )
         self.classify = nn.Linear(512, 1)
 
@@ -80,14 +94,15 @@ def init_dcgan_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
 
-def build_models(latent_dim: int = 100, dropout: float = 0.3) -> tuple[Generator, Discriminator]:
+def build_models(latent_dim: int = 100, dropout: float = 0.3,
+                 d_norm: str = "batch") -> tuple[Generator, Discriminator]:
     """Both networks with DCGAN init, drawn from the current torch RNG (seed it first)."""
-    g, d = Generator(latent_dim), Discriminator(dropout)
+    g, d = Generator(latent_dim), Discriminator(dropout, d_norm)
     g.apply(init_dcgan_weights)
     d.apply(init_dcgan_weights)
     return g, d

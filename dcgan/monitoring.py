@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from itertools import pairwise
 
-from dcgan.diagnostics import DEFAULT_WINDOW, assess, balance_score, window_stats
+from dcgan.diagnostics import DEFAULT_WINDOW, SEED_PROFILE, assess, balance_score, window_stats
 from dcgan.errors import DCGANError
+from dcgan.losses import LossProfile
 from dcgan.stats import best_of_latest, best_overall
 from dcgan.trainer import Callback, Outcome, Trainer
 
@@ -39,12 +40,31 @@ WINDOW_GAUGES = {
     "dcgan_d_loss": ("d_loss", "Discriminator loss, mean of the last 100 iterations"),
     "dcgan_g_loss": ("g_loss", "Generator loss, mean of the last 100 iterations"),
     "dcgan_loss_ratio": ("loss_ratio", "Mean G loss / mean D loss over the last 100 "
-                                       "iterations (healthy: 0.3-3.0)"),
+                                       "iterations (healthy: dcgan_loss_ratio_band_*; only for "
+                                       "losses that have a band)"),
     "dcgan_d_real_accuracy": ("real_acc", "Fraction of real images D calls real, last 100 "
-                                          "iterations (healthy: 0.6-0.9)"),
+                                          "iterations (bce: healthy 0.6-0.9)"),
     "dcgan_d_fake_accuracy": ("fake_acc", "Fraction of generated images D calls fake, last "
-                                          "100 iterations (healthy: 0.6-0.9)"),
+                                          "100 iterations (bce: healthy 0.6-0.9)"),
 }
+# The loss's own limits (its profile, dcgan.losses), exported beside the values so that the
+# alert rules compare with them; a loss without the rule exports no series, and no alert fires.
+LIMIT_GAUGES = {
+    "dcgan_loss_ratio_band_low": "Lower end of the healthy G/D loss ratio for this run's loss",
+    "dcgan_loss_ratio_band_high": "Upper end of the healthy G/D loss ratio for this run's loss",
+    "dcgan_d_accuracy_too_strong": "Mean D accuracy above which this run's loss calls D too "
+                                   "strong",
+}
+
+
+def profile_limits(profile: LossProfile) -> dict[str, float]:
+    limits = {}
+    if profile.ratio_band is not None:
+        limits["dcgan_loss_ratio_band_low"], limits["dcgan_loss_ratio_band_high"] = \
+            profile.ratio_band
+    if profile.d_too_strong is not None:
+        limits["dcgan_d_accuracy_too_strong"] = profile.d_too_strong
+    return limits
 
 
 class MetricsError(DCGANError):
@@ -80,24 +100,26 @@ class MetricsUpdate:
     new_images: int
     step_seconds: list[float] = field(default_factory=list)
     window: dict[str, float] | None = None  # WINDOW_GAUGES attributes + balance_score
+    limits: dict[str, float] = field(default_factory=dict)  # LIMIT_GAUGES of the run's loss
     status: str | None = None
     fid: float | None = None  # the better generator (G or its average) at the latest step
     best_fid: float | None = None  # the run's best so far: dcgan_generator_best.pth
     active: bool = True
 
 
-def window_values(columns: Mapping[str, Sequence], label_smoothing: float,
-                  window: int = DEFAULT_WINDOW,
-                  one_sided: bool = False) -> tuple[dict[str, float], str] | None:
-    """Window gauges and status of a stats table, through the diagnostics module."""
+def window_values(columns: Mapping[str, Sequence], profile: LossProfile = SEED_PROFILE,
+                  window: int = DEFAULT_WINDOW) -> tuple[dict[str, float], str] | None:
+    """Window gauges and status of a stats table, through the diagnostics module. The loss
+    ratio is left out for a loss that has no band for it (its G loss can be negative)."""
     if not columns.get("d_loss"):
         return None
     ws = window_stats(columns, window)
-    values = {attr: float(getattr(ws, attr)) for attr, _ in WINDOW_GAUGES.values()}
-    values["balance_score"] = balance_score(ws)
+    values = {attr: float(getattr(ws, attr)) for attr, _ in WINDOW_GAUGES.values()
+              if attr != "loss_ratio" or profile.ratio_band is not None}
+    values["balance_score"] = balance_score(ws, profile)
     if not all(math.isfinite(values[k]) for k in ("d_loss", "g_loss")):
         return values, "bad"
-    failed = [c.name for c in assess(ws, label_smoothing, one_sided) if not c.passed]
+    failed = [c.name for c in assess(ws, profile) if not c.passed]
     return values, training_status(failed)
 
 
@@ -115,9 +137,8 @@ class MetricsCallback(Callback):
             times.insert(0, self._last_time)
         if rows:
             self._last_time = rows[-1]["time"]
-        cfg = trainer.cfg
-        values = window_values(trainer.stats.local_columns, cfg.label_smoothing,
-                               one_sided=cfg.one_sided_smoothing)
+        profile = trainer.loss.profile
+        values = window_values(trainer.stats.local_columns, profile)
         latest, best = best_of_latest(trainer.stats.evals), best_overall(trainer.stats.evals)
         return MetricsUpdate(
             rank=trainer.rank, trial=self.trial, step=trainer.step,
@@ -126,6 +147,7 @@ class MetricsCallback(Callback):
             new_steps=len(rows), new_images=len(rows) * trainer.cfg.batch_size,
             step_seconds=[b - a for a, b in pairwise(times)],
             window=values[0] if values else None, status=values[1] if values else None,
+            limits=profile_limits(profile),
             fid=latest["fid"] if latest else None, best_fid=best["fid"] if best else None,
             active=active)
 
@@ -163,6 +185,8 @@ class MetricsExporter:
         self.registry = r = CollectorRegistry()
         self.gauges = {name: Gauge(name, doc, LABELS, registry=r)
                        for name, (_, doc) in WINDOW_GAUGES.items()}
+        self.limits = {name: Gauge(name, doc, LABELS, registry=r)
+                       for name, doc in LIMIT_GAUGES.items()}
         self.balance = Gauge("dcgan_balance_score", "Distance from balanced training over the "
                              "last 100 iterations (0 is balanced; docs/diagnostics.md)",
                              LABELS, registry=r)
@@ -206,8 +230,11 @@ class MetricsExporter:
             histogram.observe(seconds)
         if update.window is not None:
             for name, (attr, _) in WINDOW_GAUGES.items():
-                self.gauges[name].labels(*labels).set(update.window[attr])
+                if attr in update.window:
+                    self.gauges[name].labels(*labels).set(update.window[attr])
             self.balance.labels(*labels).set(update.window["balance_score"])
+        for name, value in update.limits.items():
+            self.limits[name].labels(*labels).set(value)
         if update.status is not None:
             self.status.labels(*labels).set(STATUS_CODES[update.status])
         if update.fid is not None:

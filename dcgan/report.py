@@ -11,10 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 
-from dcgan.analysis import ANALYSIS_FILE, QUALITY_FILE, save_analysis, save_quality_figure
-from dcgan.callbacks import BEST_GENERATOR, BEST_INFO
+from dcgan.analysis import save_analysis, save_quality_figure
 from dcgan.data import as_model_input
 from dcgan.diagnostics import (
     DEFAULT_WINDOW,
@@ -24,13 +22,26 @@ from dcgan.diagnostics import (
     report,
     status_line,
 )
-from dcgan.errors import DCGANError
+from dcgan.config import TrainConfig, load_config
+from dcgan.errors import ConfigError, DCGANError
 from dcgan.generation import generate
+from dcgan.losses import build_loss
 from dcgan.io import atomic_write_text
-from dcgan.stats import EVAL_FILE, STATS_FILE, best_of_latest
+from dcgan.layout import (
+    ANALYSIS_FILE,
+    BEST_GENERATOR,
+    BEST_INFO,
+    CONFIG_FILE,
+    DIAGNOSTICS_FILE,
+    EVAL_FILE,
+    GENERATOR_EPOCH_GLOB,
+    GENERATOR_FINAL,
+    QUALITY_FILE,
+    STATS_FILE,
+)
+from dcgan.stats import best_of_latest
 from dcgan.trainer import Callback, Outcome, Trainer
 
-DIAGNOSTICS_FILE = "dcgan_diagnostics.json"
 DIVERSITY_SAMPLES = 64
 
 
@@ -92,11 +103,8 @@ class DiagnosticsReporter(Callback):
         if with_samples:
             kwargs = {"samples": generate(trainer.generator, trainer.fixed_noise),
                       "real": real_reference(trainer.sampler.images)}
-        evals = trainer.stats.evals
-        cfg = trainer.cfg
-        return diagnose(trainer.stats.columns, cfg.label_smoothing, self.window,
-                        quality=best_of_latest(evals),
-                        one_sided=cfg.one_sided_smoothing, **kwargs)
+        return diagnose(trainer.stats.columns, trainer.loss.profile, self.window,
+                        quality=best_of_latest(trainer.stats.evals), **kwargs)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         trainer.flush()
@@ -142,13 +150,13 @@ def _read_evals(path: Path) -> list[dict]:
 
 
 def _newest_generator(run_dir: Path) -> Path | None:
-    final = run_dir / "dcgan_generator_final.pth"
+    final = run_dir / GENERATOR_FINAL
     if final.exists():
         return final
     from dcgan.checkpoint import list_states
 
     states = list_states(run_dir)
-    epochs = sorted(run_dir.glob("dcgan_generator_epoch_*.pth"), key=lambda p: p.stat().st_mtime)
+    epochs = sorted(run_dir.glob(GENERATOR_EPOCH_GLOB), key=lambda p: p.stat().st_mtime)
     candidates = states[:1] + epochs[-1:]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
@@ -160,17 +168,14 @@ def analyze_run(run_dir: str | Path, window: int = DEFAULT_WINDOW, smooth: int |
     if not run_dir.is_dir():
         raise StatsError(f"{run_dir} is not a run directory")
     columns = read_stats_file(run_dir / STATS_FILE)
-    config = {}
-    if (run_dir / "config.yaml").exists():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    smoothing = float(config.get("label_smoothing", 0.1))
-    one_sided = config.get("label_smoothing_mode") == "one-sided"
-    kwargs, note = _diversity_inputs(run_dir, config)
+    cfg, config_note = read_run_config(run_dir)
+    kwargs, note = _diversity_inputs(run_dir, cfg)
     evals = _read_evals(run_dir / EVAL_FILE)
-    diag = diagnose(columns, smoothing, window, quality=best_of_latest(evals),
-                    one_sided=one_sided, **kwargs)
-    if note:
-        write(note)
+    diag = diagnose(columns, build_loss(cfg).profile, window, quality=best_of_latest(evals),
+                    **kwargs)
+    for line in (config_note, note):
+        if line:
+            write(line)
     write(report(diag))
     best = best_generator_line(run_dir)
     if best:
@@ -180,7 +185,19 @@ def analyze_run(run_dir: str | Path, window: int = DEFAULT_WINDOW, smooth: int |
     return diag
 
 
-def _diversity_inputs(run_dir: Path, config: dict) -> tuple[dict, str]:
+def read_run_config(run_dir: Path) -> tuple[TrainConfig, str]:
+    """The configuration the run was trained with (its saved ``config.yaml``, read by the
+    same rules as training's), and a note when there is none to read."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return TrainConfig(), f"note: no {CONFIG_FILE} in {run_dir}; assuming the defaults"
+    try:
+        return load_config(path), ""
+    except ConfigError as exc:
+        raise StatsError(f"{path} is not a usable run config ({exc})") from None
+
+
+def _diversity_inputs(run_dir: Path, cfg: TrainConfig) -> tuple[dict, str]:
     """Samples of the newest generator and real images for the mode-collapse check, if any."""
     from dcgan.data import load_mnist
     from dcgan.generation import load_generator, sample
@@ -190,8 +207,7 @@ def _diversity_inputs(run_dir: Path, config: dict) -> tuple[dict, str]:
         return {}, "note: no generator weights in the run yet; mode-collapse check skipped"
     try:
         g = load_generator(path)
-        images, _ = load_mnist(config.get("data_dir", "./data"),
-                               subset=int(config.get("train_subset", 0)))
+        images, _ = load_mnist(cfg.data_dir, subset=cfg.train_subset)
     except DCGANError as exc:
         return {}, f"note: mode-collapse check skipped ({exc})"
     return {"samples": sample(g, DIVERSITY_SAMPLES, seed=0),

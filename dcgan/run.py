@@ -16,24 +16,21 @@ from typing import Any
 
 from dcgan.assembly import assemble
 from dcgan.callbacks import ProgressBar
-from dcgan.checkpoint import CHECKPOINT_DIR, LocalStore, list_states, load_latest_state
+from dcgan.checkpoint import LocalStore, list_states, load_latest_state
 from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
+from dcgan.layout import ARTIFACT_PATTERNS, CHECKPOINT_DIR, CONFIG_FILE
 from dcgan.monitoring import MetricsExporter, check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
-from dcgan.stats import STATS_FILE
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Outcome, Trainer
-
-CONFIG_FILE = "config.yaml"
-_ARTIFACT_PATTERNS = (CONFIG_FILE, STATS_FILE, "dcgan_*.png", "dcgan_*.pth", "dcgan_*.json")
 
 
 def run_artifacts(run_dir: Path) -> list[Path]:
     """Files and folders of ours in ``run_dir`` (what --overwrite removes; nothing else)."""
-    found = [p for pattern in _ARTIFACT_PATTERNS for p in run_dir.glob(pattern)]
+    found = [p for pattern in ARTIFACT_PATTERNS for p in run_dir.glob(pattern)]
     if (run_dir / CHECKPOINT_DIR).is_dir():
         found.append(run_dir / CHECKPOINT_DIR)
     return sorted(set(found))

@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dcgan.errors import RunDirError
-
-LOCK_FILE = ".dcgan.lock"
+from dcgan.layout import LOCK_FILE
 
 
 class RunLockedError(RunDirError):

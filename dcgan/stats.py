@@ -15,10 +15,9 @@ import pyarrow.parquet as pq
 import torch
 
 from dcgan.io import atomic_write_bytes
+from dcgan.layout import EVAL_FILE, STATS_FILE  # noqa: F401  (re-exported)
 from dcgan.step import STEP_VALUES
 
-STATS_FILE = "dcgan_training_stats.parquet"
-EVAL_FILE = "dcgan_eval_stats.parquet"
 COLUMNS = ("step", "epoch", "batch", *STEP_VALUES, "time")
 _INT_COLUMNS = ("step", "epoch", "batch")
 

@@ -22,13 +22,15 @@ from dcgan.config import TrainConfig
 from dcgan.data import BatchSampler
 from dcgan.ema import GeneratorEMA
 from dcgan.errors import CheckpointError, NonFiniteLossError
+from dcgan.losses import build_loss
 from dcgan.models import build_models
 from dcgan.stats import TrainingStats
 from dcgan.step import GANParts, StepFn, gan_step
 
 FIXED_NOISE_SIZE = 64  # the seed's 8x8 sample grid
 # Changing these on resume would change what a step means (data order, shapes, noise).
-RESUME_LOCKED_KEYS = ("batch_size", "latent_dim", "seed", "train_subset")
+# The loss decides D's layers (a BatchNorm or a per-sample critic) and what its state means.
+RESUME_LOCKED_KEYS = ("batch_size", "latent_dim", "seed", "train_subset", "loss")
 
 
 class Outcome(enum.StrEnum):
@@ -60,6 +62,16 @@ def derive_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def check_locked_keys(saved: dict[str, Any], cfg: TrainConfig, source: str) -> None:
+    """A state resumes only under the values that decide what its steps mean. A key missing
+    from an older state had its default then."""
+    for key in RESUME_LOCKED_KEYS:
+        was = saved.get(key, getattr(TrainConfig, key))
+        if was != getattr(cfg, key):
+            raise CheckpointError(f"{source} was trained with {key}={was!r}; it cannot be "
+                                  f"resumed with {key}={getattr(cfg, key)!r}")
+
+
 def compile_step(step_fn: StepFn, mode: str) -> StepFn:
     """The whole training step (both forwards, backwards and optimizer steps) through
     torch.compile; ``reduce-overhead`` adds CUDA graphs on GPUs. ``off``: eager."""
@@ -86,8 +98,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.step_fn = compile_step(step_fn, cfg.compile)
 
+        self.loss = build_loss(cfg)
         torch.manual_seed(derive_seed(cfg.seed, "init"))  # same weights on every rank
-        g, d = build_models(cfg.latent_dim, cfg.dropout)
+        g, d = build_models(cfg.latent_dim, cfg.dropout, self.loss.critic_norm)
         # NHWC: faster convs on CPUs (AMX/oneDNN) and on tensor cores.
         fmt = torch.contiguous_format if cfg.channels_last == "false" else torch.channels_last
         self.generator = g.to(device, memory_format=fmt)
@@ -99,9 +112,8 @@ class Trainer:
         self.parts = GANParts(
             generator=wrap(self.generator), discriminator=wrap(self.discriminator),
             d_for_g=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
-            label_smoothing=cfg.label_smoothing, precision=cfg.precision,
-            one_sided=cfg.one_sided_smoothing,
-            device_type=device.type, scaler=self.scaler)
+            loss=self.loss, precision=cfg.precision, device_type=device.type,
+            scaler=self.scaler)
 
         # The whole training set lives on the device (uint8 stays uint8: 47 MB for MNIST);
         # batches are drawn, normalised and laid out there, never copied from the host.
@@ -163,8 +175,11 @@ class Trainer:
                 for batch, real in enumerate(self.sampler.epoch(epoch, start), start):
                     z = torch.randn(real.shape[0], cfg.latent_dim, device=self.device,
                                     generator=self.noise_gen)
+                    # With critic_steps k, G updates on every k-th step (and so does its
+                    # average); the other steps train D alone.
+                    self.parts.update_g = (self.step + 1) % cfg.critic_steps == 0
                     values = self.step_fn(self.parts, real, z)
-                    if self.ema is not None:
+                    if self.ema is not None and self.parts.update_g:
                         self.ema.update()
                     self.stats.record(self.step, epoch, batch, self.elapsed(), values)
                     self.step, self.epoch, self.batch = self.step + 1, epoch, batch
@@ -231,11 +246,7 @@ class Trainer:
                         restore_rng: bool = True) -> None:
         """Restore a full state. ``restore_rng=False`` (other ranks than the one that saved)
         reseeds noise and dropout from (seed, rank, step) instead: deterministic, per rank."""
-        saved = state["config"]
-        for key in RESUME_LOCKED_KEYS:
-            if saved.get(key) != getattr(self.cfg, key):
-                raise CheckpointError(f"{source} was trained with {key}={saved.get(key)!r}; "
-                                      f"it cannot be resumed with {key}={getattr(self.cfg, key)!r}")
+        check_locked_keys(state["config"], self.cfg, source)
         try:
             self.generator.load_state_dict(state["generator"])
             self.discriminator.load_state_dict(state["discriminator"])

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dcgan import layout
 from dcgan.analysis import PANEL_TITLES, build_figure, moving_average
 from dcgan.diagnostics import balance_score, diagnose, window_stats
 from dcgan.stats import STATS_FILE
@@ -18,14 +19,14 @@ def test_training_ends_with_report_json_and_figure(finished_run):
     out, stdout = finished_run.out, finished_run.proc.stdout
     assert "[Epoch 0] status: balance " in stdout
     assert "Final Stats (last 16 iterations):" in stdout and "Status Assessment:" in stdout
-    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    info = json.loads((out / layout.DIAGNOSTICS_FILE).read_text())
     assert info["outcome"] == "completed" and info["iterations"] == 16
     assert {c["name"] for c in info["checks"]} >= {"loss_ratio", "accuracy_band", "loss_band",
                                                    "discriminator_strength",
                                                    "vanishing_gradients", "instability",
                                                    "mode_collapse"}
     assert info["balance_score"] >= 0 and "diversity_ratio" in info
-    assert (out / "dcgan_training_analysis.png").stat().st_size > 50_000
+    assert (out / layout.ANALYSIS_FILE).stat().st_size > 50_000
 
 
 def test_figure_has_six_labelled_panels():
@@ -56,14 +57,14 @@ def test_moving_average():
 
 def test_analyze_a_finished_run(finished_run):
     out = finished_run.out
-    (out / "dcgan_training_analysis.png").unlink()
+    (out / layout.ANALYSIS_FILE).unlink()
     proc = run_cli(["analyze", str(out), "--window", "8", "--smooth", "3"])
     assert proc.returncode == 0, proc.stderr
     assert "Final Stats (last 8 iterations):" in proc.stdout
-    assert (out / "dcgan_training_analysis.png").exists()
+    assert (out / layout.ANALYSIS_FILE).exists()
     # The report is the diagnostics of the run's own last 8 rows.
     columns = pq.read_table(out / STATS_FILE).to_pydict()
-    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    info = json.loads((out / layout.DIAGNOSTICS_FILE).read_text())
     assert info["balance_score"] == pytest.approx(balance_score(window_stats(columns, 8)))
 
 
@@ -78,9 +79,9 @@ def test_analyze_a_run_that_is_still_training(tmp_path, data_dir):
     assert still_running
     assert analysis.returncode == 0, analysis.stderr
     assert "Status Assessment:" in analysis.stdout
-    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    info = json.loads((out / layout.DIAGNOSTICS_FILE).read_text())
     assert info["iterations"] >= 16
-    assert (out / "dcgan_training_analysis.png").exists()
+    assert (out / layout.ANALYSIS_FILE).exists()
 
 
 def _write_table(path, columns):

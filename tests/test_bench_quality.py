@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from dcgan import layout
+
 from .conftest import ROOT, one_line_error, run_cli
 
 pytestmark = pytest.mark.slow
@@ -32,11 +34,11 @@ def test_tiny_bench_quality(tmp_path, data_dir):
         assert r["training_s"] >= 30 and r["steps"] >= 8  # the budget, past one epoch
         # Scored at the step the budget ended on, as a run is at its end.
         assert max(e["step"] for e in r["evaluations"]) == r["steps"]
-        assert (out / name / "dcgan_generator_ema_final.pth").exists()
+        assert (out / name / layout.GENERATOR_EMA_FINAL).exists()
         assert r["final"]["n"] == 300 and r["final"]["fid"] > 0
         assert r["best"]["fid"] == min(e["fid"] for e in r["evaluations"])
         assert {e["generator"] for e in r["evaluations"]} == {"raw", "ema"}
-        assert (out / name / "dcgan_generator_best.pth").exists()
+        assert (out / name / layout.BEST_GENERATOR).exists()
         assert f"{name} + EMA" in proc.stdout and f"{name} best, N=300" in proc.stdout
     assert (out / "quality_vs_time.png").stat().st_size > 10_000
     # G against its average at every evaluation: one line per configuration and step.

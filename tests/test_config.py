@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from dcgan import layout
 from dcgan.cli import main
 from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.errors import ConfigError
@@ -17,7 +18,8 @@ def test_defaults_are_the_seeds():
 
 def test_exactly_the_documented_keys():
     assert list(TrainConfig().to_dict()) == [
-        "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "latent_dim",
+        "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "loss", "gp_weight",
+        "critic_steps", "latent_dim",
         "label_smoothing", "label_smoothing_mode", "dropout", "sample_every", "checkpoint_every",
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
         "max_steps", "precision", "channels_last", "compile", "ema_decay", "eval_every",
@@ -43,9 +45,9 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config(overrides=["epochs=3", "dropout=0.25"])
-    save_config(cfg, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == cfg
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"] == 3
+    save_config(cfg, tmp_path / layout.CONFIG_FILE)
+    assert load_config(tmp_path / layout.CONFIG_FILE) == cfg
+    assert yaml.safe_load((tmp_path / layout.CONFIG_FILE).read_text())["epochs"] == 3
 
 
 @pytest.mark.parametrize("override, key, rule", [

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dcgan import layout
 from dcgan.cli import build_parser
 
 from .conftest import ROOT, free_port, ray_env, ray_node, run_before_ray, sets
@@ -215,8 +216,8 @@ def test_job_submitted_to_a_two_node_cluster_completes_with_artifacts(ray_cluste
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "Submitted job" in proc.stdout and "succeeded" in proc.stdout
     assert "Training finished" in proc.stdout  # the job's log streamed here
-    for name in ("dcgan_generator_final.pth", "dcgan_training_stats.parquet",
-                 "dcgan_final_samples.png", "config.yaml"):
+    for name in (layout.GENERATOR_FINAL, layout.STATS_FILE,
+                 layout.FINAL_SAMPLES, layout.CONFIG_FILE):
         assert (run / name).exists(), name
     assert list((storage / "ray" / "mnist").glob("checkpoint_*"))
     status = _ray(["status", f"--address=127.0.0.1:{ray_cluster['gcs']}"], ray_cluster["env"],

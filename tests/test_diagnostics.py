@@ -15,6 +15,7 @@ from dcgan.diagnostics import (
     status_line,
     window_stats,
 )
+from dcgan.losses import BCELoss
 
 
 def rows(n=200, g=0.9, d=0.8, real=0.75, fake=0.7, g_noise=0.0, d_noise=0.0):
@@ -95,9 +96,9 @@ def test_vanishing_gradients_at_the_floor_or_dominant_d():
 def test_vanishing_gradients_respects_label_smoothing():
     # 0.34 is at the floor with smoothing 0.1, but far above it with no smoothing.
     ws = window_stats(rows(d=0.34, g=0.9))
-    by = {c.name: c for c in assess(ws, label_smoothing=0.1)}
+    by = {c.name: c for c in assess(ws, BCELoss(label_smoothing=0.1).profile)}
     assert not by["vanishing_gradients"].passed
-    by = {c.name: c for c in assess(ws, label_smoothing=0.0)}
+    by = {c.name: c for c in assess(ws, BCELoss(label_smoothing=0.0).profile)}
     assert by["vanishing_gradients"].passed
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dcgan import layout
 from dcgan.checkpoint import load_state
 from dcgan.config import TrainConfig
 from dcgan.data import load_mnist, to_model_range
@@ -99,9 +100,9 @@ def test_two_workers_end_to_end(two_workers, tmp_path, data_dir, ray_head):
     assert set(run.seen) == {"0", "1"}, run.log[-3000:]  # both ranks' series at one endpoint
     assert all(s["mode"] == "distributed" and s["run"] == "run" for s in run.seen.values())
     assert "SyncBatchNorm off (CPU workers" in run.log
-    for name in ("dcgan_generator_final.pth", "dcgan_discriminator_final.pth", STATS_FILE,
-                 "dcgan_final_samples.png", "dcgan_training_analysis.png",
-                 "dcgan_diagnostics.json", "dcgan_eval_stats.parquet",
+    for name in (layout.GENERATOR_FINAL, layout.DISCRIMINATOR_FINAL, STATS_FILE,
+                 layout.FINAL_SAMPLES, layout.ANALYSIS_FILE,
+                 layout.DIAGNOSTICS_FILE, layout.EVAL_FILE,
                  "dcgan_generator_epoch_1.pth", "dcgan_samples_epoch_0_batch_10.png"):
         assert (out / name).exists(), name
     stats = pq.read_table(out / STATS_FILE).to_pydict()
@@ -114,27 +115,27 @@ def test_two_workers_end_to_end(two_workers, tmp_path, data_dir, ray_head):
     assert (np.round(accs) % 2 == 1).any(), "accuracies look like one rank's, not the mean"
 
     # analyze: the report over the run's own rows, figure and JSON written again.
-    for name in ("dcgan_training_analysis.png", "dcgan_diagnostics.json"):
+    for name in (layout.ANALYSIS_FILE, layout.DIAGNOSTICS_FILE):
         (out / name).unlink()
     analyze = run_cli(["analyze", str(out)])
     assert analyze.returncode == 0, analyze.stderr
     assert "Final Stats (last 40 iterations):" in analyze.stdout
     assert "Status Assessment:" in analyze.stdout
-    assert (out / "dcgan_training_analysis.png").stat().st_size > 50_000
-    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    assert (out / layout.ANALYSIS_FILE).stat().st_size > 50_000
+    info = json.loads((out / layout.DIAGNOSTICS_FILE).read_text())
     assert info["iterations"] == 40
     assert info["balance_score"] == pytest.approx(balance_score(window_stats(stats)))
 
     # sample: the grid and the raw images of the run's final generator, seed for seed.
     png, raw = tmp_path / "s.png", tmp_path / "s.npy"
-    proc = run_cli(["sample", "--generator", str(out / "dcgan_generator_final.pth"),
+    proc = run_cli(["sample", "--generator", str(out / layout.GENERATOR_FINAL),
                     "--out", str(png), "--n", "16", "--nrow", "4", "--seed", "5",
                     "--save-tensor", str(raw)])
     assert proc.returncode == 0, proc.stderr
     from PIL import Image
 
     assert Image.open(png).size == (4 * 30 + 2, 4 * 30 + 2)
-    expected = sample(load_generator(out / "dcgan_generator_final.pth"), 16, 5).numpy()
+    expected = sample(load_generator(out / layout.GENERATOR_FINAL), 16, 5).numpy()
     assert np.array_equal(np.load(raw), expected)
 
     # Rerunning with the same name (default: RUN_DIR's) resumes from the last checkpoint.

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from dcgan.config import TrainConfig
 from dcgan.ema import GeneratorEMA, warmup_decay
+from dcgan.errors import ConfigError
 from dcgan.models import Generator
 
 
@@ -22,17 +24,19 @@ def step(model: nn.Module, value: float) -> None:
             p.fill_(value)
 
 
-def test_decay_0_copies_and_decay_1_freezes():
+def test_decay_0_copies_and_decay_1_is_refused_like_the_config_key():
     model = toy()
-    start = [p.detach().clone() for p in model.parameters()]
-    copying, frozen = GeneratorEMA(model, 0.0), GeneratorEMA(model, 1.0)
+    copying = GeneratorEMA(model, 0.0)
     for value in (1.0, 2.0, 5.0):
         step(model, value)
         copying.update()
-        frozen.update()
         assert all(torch.equal(s, torch.full_like(s, value)) for s in copying.shadow)
-    assert all(torch.equal(s, p) for s, p in zip(frozen.shadow, start, strict=True))
-    assert frozen.updates == 3
+    assert copying.updates == 3
+    # One rule for the class and the ema_decay key: 1 would freeze G's initial weights.
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        GeneratorEMA(model, 1.0)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_warmup_then_the_configured_decay():
@@ -200,14 +204,12 @@ def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir
 
 def test_one_sided_smoothing_targets_and_floors():
     from dcgan.diagnostics import bce_floor, d_loss_floor
-    from dcgan.step import GANParts
+    from dcgan.losses import BCELoss
 
-    parts = GANParts(generator=None, discriminator=None, opt_g=None, opt_d=None,
-                     label_smoothing=0.1, one_sided=True)
+    parts = BCELoss(label_smoothing=0.1, one_sided=True)
     real, fake = parts.targets(4, torch.device("cpu"))
     assert torch.allclose(real, torch.full((4,), 0.9)) and torch.equal(fake, torch.zeros(4))
-    two = GANParts(generator=None, discriminator=None, opt_g=None, opt_d=None,
-                   label_smoothing=0.1)
+    two = BCELoss(label_smoothing=0.1)
     assert torch.allclose(two.targets(4, torch.device("cpu"))[1], torch.full((4,), 0.1))
     assert d_loss_floor(0.1) == pytest.approx(0.325, abs=1e-3) == bce_floor(0.1)
     assert d_loss_floor(0.1, one_sided=True) == pytest.approx(0.1625, abs=1e-3)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from dcgan import layout
 from dcgan.checkpoint import list_states, load_state
 from dcgan.runlock import LOCK_FILE
 from dcgan.stats import EVAL_FILE, STATS_FILE
@@ -194,7 +195,7 @@ def test_a_second_writer_is_refused_and_readers_are_not(tmp_path, data_dir):
 # -- corrupt files in a run being resumed ---------------------------------------------------
 
 @pytest.mark.parametrize(("name", "damage"), [
-    (STATS_FILE, "truncate"), (EVAL_FILE, "garbage"), ("config.yaml", "garbage"),
+    (STATS_FILE, "truncate"), (EVAL_FILE, "garbage"), (layout.CONFIG_FILE, "garbage"),
 ])
 def test_corrupt_side_files_are_rebuilt_from_the_checkpoint(first_epoch, tmp_path, data_dir,
                                                             name, damage):
@@ -213,7 +214,7 @@ def test_corrupt_side_files_are_rebuilt_from_the_checkpoint(first_epoch, tmp_pat
     assert stats_steps(run) == list(range(16))
     evals = pq.read_table(run / EVAL_FILE).to_pylist()  # G and its moving average
     assert [(r["step"], r["generator"]) for r in evals] == [(16, "raw"), (16, "ema")]
-    assert "data_dir:" in (run / "config.yaml").read_text()
+    assert "data_dir:" in (run / layout.CONFIG_FILE).read_text()
 
 
 def test_corrupt_search_settings_are_a_one_line_error(tmp_path, data_dir):

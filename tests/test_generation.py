@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dcgan import layout
 from dcgan.errors import CheckpointError
 from dcgan.generation import interpolate, latent, load_generator, slerp
 from dcgan.models import Generator
@@ -13,7 +14,7 @@ from .conftest import one_line_error, run_cli
 
 
 def test_sample_grid_and_raw_tensors(finished_run, tmp_path):
-    gen = finished_run.out / "dcgan_generator_final.pth"
+    gen = finished_run.out / layout.GENERATOR_FINAL
     proc = run_cli(["sample", "--generator", str(gen), "--out", str(tmp_path / "s.png"),
                     "--n", "10", "--nrow", "5", "--seed", "3",
                     "--save-tensor", str(tmp_path / "s.npy")])
@@ -30,7 +31,7 @@ def test_sample_grid_and_raw_tensors(finished_run, tmp_path):
 
 
 def test_interpolate_grid_and_gif(finished_run, tmp_path):
-    gen = finished_run.out / "dcgan_generator_final.pth"
+    gen = finished_run.out / layout.GENERATOR_FINAL
     proc = run_cli(["interpolate", "--generator", str(gen), "--out", str(tmp_path / "i.png"),
                     "--steps", "6", "--pairs", "3", "--mode", "lerp",
                     "--gif", str(tmp_path / "i.gif")])
@@ -81,8 +82,8 @@ def test_bad_generator_files(finished_run, tmp_path):
     ([], 1, "is it a discriminator?"),
 ])
 def test_sample_bad_input_is_one_line(finished_run, tmp_path, args, code, needle):
-    disc = finished_run.out / "dcgan_discriminator_final.pth"
-    gen = finished_run.out / "dcgan_generator_final.pth"
+    disc = finished_run.out / layout.DISCRIMINATOR_FINAL
+    gen = finished_run.out / layout.GENERATOR_FINAL
     target = disc if not args else gen
     proc = run_cli(["sample", "--generator", str(target), "--out", str(tmp_path / "x.png"),
                     *args])
@@ -92,7 +93,7 @@ def test_sample_bad_input_is_one_line(finished_run, tmp_path, args, code, needle
 
 
 def test_interpolate_bad_input(finished_run, tmp_path):
-    gen = finished_run.out / "dcgan_generator_final.pth"
+    gen = finished_run.out / layout.GENERATOR_FINAL
     proc = run_cli(["interpolate", "--generator", str(gen), "--out", str(tmp_path / "x.png"),
                     "--steps", "1"])
     assert proc.returncode == 2 and "--steps must be >= 2" in one_line_error(proc)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dcgan import layout
 from dcgan.io import atomic_open, atomic_write_bytes, atomic_write_text, current_umask
 
 from .conftest import ROOT, sets
@@ -90,8 +91,8 @@ def test_a_real_runs_files_are_readable_by_other_users(tmp_path, data_dir):
     files = [p for p in out.rglob("*") if p.is_file()]
     dirs = [out, *(p for p in out.rglob("*") if p.is_dir())]
     names = {p.name for p in files}
-    for name in ("dcgan_generator_final.pth", "dcgan_discriminator_final.pth", "config.yaml",
-                 "dcgan_final_samples.png", "dcgan_training_analysis.png"):
+    for name in (layout.GENERATOR_FINAL, layout.DISCRIMINATOR_FINAL, layout.CONFIG_FILE,
+                 layout.FINAL_SAMPLES, layout.ANALYSIS_FILE):
         assert name in names, sorted(names)
     assert any(p.parent.name == "checkpoints" for p in files), sorted(names)
     wrong = {str(p.relative_to(out)): oct(mode(p)) for p in files if mode(p) != 0o644}

@@ -174,15 +174,15 @@ def test_window_values_are_the_diagnostics_values():
                "d_loss": [0.6 + 0.001 * i for i in range(300)],
                "g_loss": [1.5 - 0.002 * i for i in range(300)],
                "d_real_acc": [0.95] * 300, "d_fake_acc": [0.7] * 300}
-    values, status = window_values(columns, 0.1)
+    values, status = window_values(columns)
     ws = window_stats(columns)
     assert values["balance_score"] == balance_score(ws)
     assert values["loss_ratio"] == ws.loss_ratio
     assert (values["real_acc"], values["fake_acc"]) == (ws.real_acc, ws.fake_acc)
     assert status == "warning"  # real accuracy above the band
-    assert window_values({"d_loss": []}, 0.1) is None
+    assert window_values({"d_loss": []}) is None
     nan = {**columns, "d_loss": columns["d_loss"][:-1] + [math.nan]}
-    assert window_values(nan, 0.1)[1] == "bad"
+    assert window_values(nan)[1] == "bad"
 
 
 def test_exporter_follows_a_real_training_loop(data_dir):

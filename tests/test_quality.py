@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from dcgan import layout
 from dcgan.classifier import (
     WEIGHTS_PATH,
     WEIGHTS_SHA256,
@@ -125,7 +126,7 @@ def test_packaged_weights_are_checksummed(tmp_path, monkeypatch):
 
 
 def test_evaluate_cli_on_a_trained_run(finished_run, tmp_path):
-    gen = finished_run.out / "dcgan_generator_final.pth"
+    gen = finished_run.out / layout.GENERATOR_FINAL
     proc = run_cli(["evaluate", "--generator", str(gen), "--n", "300",
                     "--json", str(tmp_path / "q.json")])
     assert proc.returncode == 0, proc.stderr
@@ -149,14 +150,14 @@ def test_evaluate_reference_floor(tmp_path):
     (["--generator-wrong"], 2, "unrecognized"),
 ])
 def test_evaluate_bad_input(finished_run, args, code, needle):
-    gen = finished_run.out / "dcgan_generator_final.pth"
+    gen = finished_run.out / layout.GENERATOR_FINAL
     proc = run_cli(["evaluate", "--generator", str(gen), *args])
     assert proc.returncode == code
     assert needle in one_line_error(proc)
 
 
 def test_evaluate_wrong_generator(finished_run):
-    disc = finished_run.out / "dcgan_discriminator_final.pth"
+    disc = finished_run.out / layout.DISCRIMINATOR_FINAL
     proc = run_cli(["evaluate", "--generator", str(disc)])
     assert proc.returncode == 1 and "Generator" in one_line_error(proc)
 
@@ -165,7 +166,7 @@ def test_training_records_quality(finished_run):
     import pyarrow.parquet as pq
 
     out, stdout = finished_run.out, finished_run.proc.stdout
-    rows = pq.read_table(out / "dcgan_eval_stats.parquet").to_pylist()
+    rows = pq.read_table(out / layout.EVAL_FILE).to_pylist()
     # Every epoch (the end is the last epoch), G and its moving average from the same noise.
     assert [(r["step"], r["generator"]) for r in rows] == [
         (8, "raw"), (8, "ema"), (16, "raw"), (16, "ema")]
@@ -173,15 +174,15 @@ def test_training_records_quality(finished_run):
     assert "quality of G (200 samples): FID" in stdout
     assert "quality of EMA G (200 samples): FID" in stdout
     assert "Sample quality (step 16, 200 samples" in stdout
-    info = json.loads((out / "dcgan_diagnostics.json").read_text())
+    info = json.loads((out / layout.DIAGNOSTICS_FILE).read_text())
     assert info["quality"]["step"] == 16 and len(info["evaluations"]) == 4
     # The best generator of the run: the lowest FID of any row, named by the report.
-    best = json.loads((out / "dcgan_generator_best.json").read_text())
+    best = json.loads((out / layout.BEST_INFO).read_text())
     lowest = min(rows, key=lambda r: r["fid"])
     assert (best["step"], best["generator"], best["fid"]) == (
         lowest["step"], lowest["generator"], lowest["fid"])
     assert f"Best generator: {out / 'dcgan_generator_best.pth'}" in stdout
-    assert (out / "dcgan_quality.png").stat().st_size > 10_000  # FID/IS by step and time
-    for name in ("dcgan_generator_best.pth", "dcgan_generator_ema_final.pth"):
+    assert (out / layout.QUALITY_FILE).stat().st_size > 10_000  # FID/IS by step and time
+    for name in (layout.BEST_GENERATOR, layout.GENERATOR_EMA_FINAL):
         assert run_cli(["sample", "--generator", str(out / name), "--n", "16",
                         "--out", str(out.parent / f"{name}.png")]).returncode == 0

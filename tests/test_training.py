@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dcgan import layout
 from dcgan.checkpoint import list_states, load_state
 from dcgan.errors import NonFiniteLossError, RunDirError
 from dcgan.models import Discriminator, Generator
@@ -41,8 +42,8 @@ def _digest(directory: Path) -> dict[str, str]:
 def test_cli_run_produces_every_artifact(finished_run):
     out, proc = finished_run.out, finished_run.proc
     names = {p.name for p in out.iterdir()}
-    expected = {"config.yaml", STATS_FILE, "dcgan_generator_final.pth",
-                "dcgan_discriminator_final.pth", "dcgan_final_samples.png",
+    expected = {"config.yaml", STATS_FILE, layout.GENERATOR_FINAL,
+                layout.DISCRIMINATOR_FINAL, layout.FINAL_SAMPLES,
                 "dcgan_generator_epoch_1.pth", "dcgan_discriminator_epoch_1.pth",
                 "dcgan_generator_epoch_2.pth", "dcgan_discriminator_epoch_2.pth",
                 "dcgan_samples_epoch_0_batch_0.png", "dcgan_samples_epoch_0_batch_4.png",
@@ -62,11 +63,11 @@ def test_cli_run_produces_every_artifact(finished_run):
     assert stats["time"] == sorted(stats["time"])
     # The seed's usage loads the final weights.
     g = Generator()
-    g.load_state_dict(torch.load(out / "dcgan_generator_final.pth", weights_only=True))
+    g.load_state_dict(torch.load(out / layout.GENERATOR_FINAL, weights_only=True))
     d = Discriminator()
-    d.load_state_dict(torch.load(out / "dcgan_discriminator_final.pth", weights_only=True))
+    d.load_state_dict(torch.load(out / layout.DISCRIMINATOR_FINAL, weights_only=True))
     # 64 samples as an 8x8 grid of 28x28 images with 2-pixel padding.
-    assert Image.open(out / "dcgan_final_samples.png").size == (8 * 30 + 2, 8 * 30 + 2)
+    assert Image.open(out / layout.FINAL_SAMPLES).size == (8 * 30 + 2, 8 * 30 + 2)
     # The full state resumes: every piece is there.
     state = load_state(list_states(out)[0])
     assert state["step"] == 16 and state["config"]["batch_size"] == 32
@@ -119,7 +120,8 @@ def test_resume_from_corrupt_checkpoint_names_it(tmp_path, data_dir):
 
 
 # A changed value for every key that cannot change on resume (dcgan.trainer.RESUME_LOCKED_KEYS).
-LOCKED_CHANGES = {"batch_size": 16, "latent_dim": 64, "seed": 7, "train_subset": 128}
+LOCKED_CHANGES = {"batch_size": 16, "latent_dim": 64, "seed": 7, "train_subset": 128,
+                  "loss": "hinge"}
 
 
 def test_every_resume_locked_key_is_tested():
@@ -154,7 +156,7 @@ def test_resume_is_bit_exact(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr
     assert "resuming at step 5" in proc.stdout
 
-    for name in ("dcgan_generator_final.pth", "dcgan_discriminator_final.pth"):
+    for name in (layout.GENERATOR_FINAL, layout.DISCRIMINATOR_FINAL):
         a = torch.load(straight / name, weights_only=True)
         b = torch.load(split / name, weights_only=True)
         assert a.keys() == b.keys()
@@ -185,11 +187,11 @@ def test_signal_saves_state_and_resumes(tmp_path, data_dir, sig, code):
     step = load_state(ckpt)["step"]
     rows = pq.read_table(out / STATS_FILE).to_pydict()
     assert rows["step"] == list(range(step))  # stats written up to the checkpoint
-    assert not (out / "dcgan_generator_final.pth").exists()
+    assert not (out / layout.GENERATOR_FINAL).exists()
 
     proc = run_cli([*tiny_train_args(out, data_dir, epochs=1), "--resume"])
     assert proc.returncode == 0, proc.stderr
-    assert (out / "dcgan_generator_final.pth").exists()
+    assert (out / layout.GENERATOR_FINAL).exists()
 
 
 def test_a_second_signal_stops_at_once(tmp_path, data_dir):
@@ -231,7 +233,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
     assert "non-finite loss at step 6" in message and "state_step_00000004.pt" in message
     assert [p.name for p in list_states(out)] == ["state_step_00000004.pt"]
     assert load_state(list_states(out)[0])["step"] == 4
-    assert not (out / "dcgan_generator_final.pth").exists()
+    assert not (out / layout.GENERATOR_FINAL).exists()
     rows = pq.read_table(out / STATS_FILE).to_pydict()
     assert rows["step"][-1] >= 6  # the stats show where it diverged
 

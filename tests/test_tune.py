@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from dcgan import layout
 from dcgan.checkpoint import load_state
 from dcgan.config import TrainConfig
 from dcgan.diagnostics import balance_score, window_stats
@@ -266,7 +267,7 @@ def test_search_end_to_end(search, tmp_path, data_dir):
                      "--no-progress", *sets({"max_steps": 4, "train_subset": 256,
                                              "eval_every": 0, "data_dir": data_dir})])
     assert train.returncode == 0, train.stderr
-    assert f"g_lr: {best['g_lr']}" in (run / "config.yaml").read_text()
+    assert f"g_lr: {best['g_lr']}" in (run / layout.CONFIG_FILE).read_text()
     # The best generator is the best trial's best evaluated one (the FID it reported, G or
     # its average, kept in its last checkpoint), sample for sample.
     raw = tmp_path / "best.npy"

@@ -1,7 +1,8 @@
 """What a trial reports and how trials are ranked. Pure functions over a trial's stats.
 
-``balance_score`` comes from the diagnostics module (the report's code); nothing here
-re-implements it. The three objectives (lower is better):
+``balance_score`` comes from the diagnostics module (the report's code), judged by the
+trial's loss profile (``dcgan.losses``); nothing here re-implements it. The three objectives
+(lower is better):
 
 * ``balance`` (default): balance_score, guarded by sample quality (below);
 * ``fid``: the best FID so far (of G or its moving average);
@@ -27,7 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from dcgan.diagnostics import balance_score, window_stats
+from dcgan.diagnostics import SEED_PROFILE, balance_score, window_stats
+from dcgan.losses import LossProfile
 from dcgan.stats import best_overall
 
 OBJECTIVES = ("balance", "fid", "combined")
@@ -37,10 +39,11 @@ ALL_CLASSES = 10
 
 
 def trial_metrics(columns: Mapping[str, Sequence], evals: Sequence[Mapping],
-                  metric: str, min_classes: int = ALL_CLASSES) -> dict[str, float]:
+                  metric: str, min_classes: int = ALL_CLASSES,
+                  profile: LossProfile = SEED_PROFILE) -> dict[str, float]:
     """One report: the window values, the latest evaluation and the objective."""
     ws = window_stats(columns)
-    out = {"balance_score": balance_score(ws), "d_loss": ws.d_loss, "g_loss": ws.g_loss,
+    out = {"balance_score": balance_score(ws, profile), "d_loss": ws.d_loss, "g_loss": ws.g_loss,
            "loss_ratio": ws.loss_ratio, "d_real_acc": ws.real_acc, "d_fake_acc": ws.fake_acc}
     if evals:  # the best evaluation so far (of G or its moving average), not the last
         q = best_overall(evals)

@@ -30,6 +30,14 @@ from dcgan.checkpoint import load_state, save_torch
 from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 from dcgan.io import atomic_write_bytes, atomic_write_text
+from dcgan.layout import (
+    BEST_CONFIG,
+    SEARCH_BEST_GENERATOR,
+    SEARCH_SETTINGS,
+    SEARCH_SUMMARY,
+    TRIALS_CSV,
+    TRIALS_TABLE,
+)
 from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
@@ -41,7 +49,6 @@ from dcgan_tune.space import SpaceError, load_space, mutations, to_tune, validat
 from dcgan_tune.trial import run_trial
 
 SCHEDULERS = ("asha", "pbt", "fifo")
-SETTINGS_FILE = "search_settings.json"
 # What --resume takes from the interrupted search rather than from its command line.
 SAVED_OPTIONS = ("trials", "max_concurrent", "workers_per_trial", "scheduler", "budget_steps",
                  "metric", "min_classes", "use_gpu", "baseline")
@@ -85,7 +92,7 @@ def _positive(flag: str, value: int) -> None:
 
 def _saved_settings(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]] | None:
     """On --resume, the interrupted search's own settings win over the command line's."""
-    path = opts.out / SETTINGS_FILE
+    path = opts.out / SEARCH_SETTINGS
     if not (opts.resume and path.exists()):
         return None
     try:
@@ -105,7 +112,7 @@ def _saved_settings(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]] |
 def _save_settings(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]) -> None:
     settings = {key: getattr(opts, key) for key in SAVED_OPTIONS}
     settings.update(base=base.to_dict(), space=space)
-    atomic_write_text(opts.out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+    atomic_write_text(opts.out / SEARCH_SETTINGS, json.dumps(settings, indent=2) + "\n")
 
 
 def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
@@ -274,7 +281,7 @@ def _write_outputs(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
     print(_summary(table, columns, opts.metric))
     winners = [r for r in rows if r["verdict"] == "ok"]
     if not winners:
-        raise SearchError(f"no trial passed the quality guard (see {opts.out / 'trials.csv'}); "
+        raise SearchError(f"no trial passed the quality guard (see {opts.out / TRIALS_CSV}); "
                           "raise --budget-steps (a generator needs several hundred steps to "
                           "draw every digit) or widen the search space; an interrupted "
                           "search continues with --resume")
@@ -282,7 +289,7 @@ def _write_outputs(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
     params = {k: best[k] for k in space}
     # The user's config with the winning values; the search's step budget is not part of it.
     best_cfg = base.replace(**params, max_steps=TrainConfig().max_steps)
-    save_config(best_cfg, opts.out / "best_config.yaml")
+    save_config(best_cfg, opts.out / BEST_CONFIG)
     generator = _save_best_generator(best, opts.out)
     summary = {"best_trial": best["trial_id"], "objective": best["objective"],
                "metric": opts.metric, "params": params,
@@ -292,10 +299,10 @@ def _write_outputs(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
                "budget_steps": opts.budget_steps, "workers_per_trial": opts.workers_per_trial,
                "seconds": round(seconds, 1), "best_generator": generator,
                "best_checkpoint": best.get("_checkpoint")}
-    atomic_write_text(opts.out / "search.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(opts.out / SEARCH_SUMMARY, json.dumps(summary, indent=2) + "\n")
     print(f"Best trial {best['trial_id']}: objective {best['objective']:.4f}, balance "
           f"{best['balance_score']:.4f}, FID {best['fid']:.2f}; config in "
-          f"{opts.out / 'best_config.yaml'} (dcgan train --config), generator in {generator}")
+          f"{opts.out / BEST_CONFIG} (dcgan train --config), generator in {generator}")
     return summary
 
 
@@ -304,7 +311,7 @@ def _save_best_generator(best: dict[str, Any], out: Path) -> str | None:
     if not directory or not (Path(directory) / STATE_FILE).exists():
         return None
     state = load_state(Path(directory) / STATE_FILE)
-    path = out / "best_generator.pth"
+    path = out / SEARCH_BEST_GENERATOR
     # The trial's best evaluated generator (G or its average), as its objective reported;
     # states written before the key existed hold only the last G.
     save_torch(state.get("best_generator") or state["generator"], path)
@@ -318,12 +325,12 @@ def _num(value) -> float:
 def _write_table(table: list[dict], columns: list[str], out: Path) -> None:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(table), buf)
-    atomic_write_bytes(out / "trials.parquet", buf.getvalue())
+    atomic_write_bytes(out / TRIALS_TABLE, buf.getvalue())
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     writer.writerows(table)
-    atomic_write_text(out / "trials.csv", text.getvalue())
+    atomic_write_text(out / TRIALS_CSV, text.getvalue())
 
 
 def _fmt(value) -> str:

@@ -18,6 +18,7 @@ import torch
 from dcgan.assembly import assemble
 from dcgan.config import TrainConfig
 from dcgan.device import resolve_device
+from dcgan.losses import loss_defaults
 from dcgan.trainer import Trainer
 from dcgan_cluster.metrics_hub import hub_pusher
 from dcgan_cluster.ray_store import RayStore
@@ -28,8 +29,13 @@ from dcgan_tune.objective import trial_metrics
 def trial_config(base: dict[str, Any], params: dict[str, Any], report_every: int) -> TrainConfig:
     """The base config with a trial's hyperparameters; evaluation and checkpoints happen at
     report steps only."""
-    return TrainConfig(**base).replace(**params, checkpoint_every=0, eval_every=0,
-                                       checkpoint_every_steps=report_every)
+    cfg = TrainConfig(**base)
+    if params.get("loss", cfg.loss) != cfg.loss:
+        # A trial that switches loss starts from that loss's own defaults (WGAN-GP's Adam
+        # settings and critic steps), under the trial's sampled values.
+        params = {**loss_defaults(params["loss"]), **params}
+    return cfg.replace(**params, checkpoint_every=0, eval_every=0,
+                       checkpoint_every_steps=report_every)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class TrialReport:
 
     def __call__(self, trainer: Trainer) -> dict[str, Any]:
         return trial_metrics(trainer.stats.columns, trainer.stats.evals, self.metric,
-                             self.min_classes)
+                             self.min_classes, trainer.loss.profile)
 
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], workers: int, metric: str,

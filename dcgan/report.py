@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dcgan.analysis import save_analysis, save_quality_figure
+from dcgan.config import TrainConfig, load_config
 from dcgan.data import as_model_input
 from dcgan.diagnostics import (
     DEFAULT_WINDOW,
@@ -22,10 +23,8 @@ from dcgan.diagnostics import (
     report,
     status_line,
 )
-from dcgan.config import TrainConfig, load_config
 from dcgan.errors import ConfigError, DCGANError
 from dcgan.generation import generate
-from dcgan.losses import build_loss
 from dcgan.io import atomic_write_text
 from dcgan.layout import (
     ANALYSIS_FILE,
@@ -39,6 +38,7 @@ from dcgan.layout import (
     QUALITY_FILE,
     STATS_FILE,
 )
+from dcgan.losses import build_loss
 from dcgan.stats import best_of_latest
 from dcgan.trainer import Callback, Outcome, Trainer
 

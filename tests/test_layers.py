@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from dcgan import layout
+
+from .conftest import TINY, sets
+
 ROOT = Path(__file__).resolve().parents[1]
 # Folder -> the package name Python sees (pyproject.toml maps them).
 PACKAGES = {"dcgan": "dcgan", "cluster": "dcgan_cluster", "tune": "dcgan_tune",
@@ -141,3 +145,43 @@ def test_the_checker_catches_a_loop():
     graph = {"dcgan.a": {"dcgan.b"}, "dcgan.b": {"dcgan.c"}, "dcgan.c": {"dcgan.a"},
              "dcgan.d": {"dcgan.a"}}
     assert import_loops(graph) == [["dcgan.a", "dcgan.b", "dcgan.c"]]
+
+
+def test_the_core_cli_names_no_wing():
+    """The wings register their subcommands through entry points (pyproject.toml)."""
+    graph = first_party_graph()
+    for module in CLI_MODULES & set(graph):
+        assert {layer_of(m) for m in graph[module]} <= {"core", "cli"}, graph[module]
+
+
+def test_the_core_imports_and_trains_without_ray(tmp_path, data_dir):
+    """With ``ray`` made unimportable, every core module imports, ``dcgan --help`` lists the
+    core commands, and a wing command fails with one line naming Ray."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib, pkgutil, sys
+sys.modules["ray"] = None  # any `import ray` now raises ModuleNotFoundError
+import dcgan
+for info in pkgutil.iter_modules(dcgan.__path__):
+    importlib.import_module(f"dcgan.{info.name}")
+from dcgan.cli import main
+code = main(sys.argv[1:])
+sys.exit(code)
+"""
+    run = lambda *args: subprocess.run([sys.executable, "-c", script, *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)
+    helped = run("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "train" in helped.stdout and "analyze" in helped.stdout
+    trained = run("train", "--out", str(tmp_path / "local"), "--no-progress",
+                  *sets({**TINY, "data_dir": data_dir, "max_steps": 2}))
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "local" / layout.GENERATOR_FINAL).is_file()
+    wing = run("train-distributed", "--out", str(tmp_path / "r"), "--workers", "1",
+               "--set", f"data_dir={data_dir}", "--set", "train_subset=64")
+    assert wing.returncode == 2, wing.stderr
+    assert wing.stderr.strip().splitlines() == [
+        "error: dcgan train-distributed needs Ray, which is not installed here "
+        "(pip install 'ray[default,train,tune]==2.60.0')"]

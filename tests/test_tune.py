@@ -17,10 +17,11 @@ import pytest
 
 from dcgan import layout
 from dcgan.checkpoint import load_state
-from dcgan.config import TrainConfig
+from dcgan.config import TrainConfig, load_config
 from dcgan.diagnostics import balance_score, window_stats
 from dcgan_tune.objective import COLLAPSE_PENALTY, guard, objective, trial_metrics
 from dcgan_tune.space import DEFAULT_SPACE, SpaceError, load_space, to_tune, validate_space
+from dcgan_tune.trial import trial_config
 
 from .conftest import (
     HANG_GUARD_S,
@@ -495,3 +496,28 @@ def test_trial_with_two_workers_reports_metrics_by_trial_and_rank(tmp_path, data
     table = pq.read_table(out / "trials.parquet").to_pylist()
     assert len(table) == 1 and table[0]["step"] == 20 and table[0]["trial_id"] == seen["0"]["trial"]
     assert (out / "best_generator.pth").exists()  # from the Ray Train checkpoint
+
+
+@pytest.mark.slow
+def test_search_over_the_loss(tmp_path, data_dir, ray_head):
+    """``loss`` in the search space (here a constant that switches the base's bce to
+    wgan-gp, so the draw is known): each trial trains with WGAN-GP from its own defaults
+    (critic steps, Adam betas) under the sampled values, is judged by that loss's profile,
+    and the table says which loss each trial used."""
+    space = tmp_path / "space.yaml"
+    space.write_text("loss: wgan-gp\ng_lr: {loguniform: [5.0e-4, 1.0e-3]}\nd_lr: 5.0e-4\n")
+    out = tmp_path / "search"
+    proc = run_cli(["tune", "--out", str(out), "--space", str(space), "--trials", "2",
+                    "--max-concurrent", "1", "--scheduler", "fifo", "--budget-steps", "20",
+                    "--min-classes", "1", "--metric", "fid", "--address", ray_head.address,
+                    *sets({**SEARCH, "data_dir": data_dir, "eval_samples": 200})],
+                   env=ray_head.env, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pq.read_table(out / layout.TRIALS_TABLE).to_pylist()
+    assert [r["loss"] for r in table] == ["wgan-gp", "wgan-gp"]
+    assert all(r["step"] == 20 and math.isfinite(r["balance_score"]) for r in table), table
+    best = load_config(out / layout.BEST_CONFIG)
+    assert (best.loss, best.critic_steps, best.beta1, best.beta2) == ("wgan-gp", 5, 0.0, 0.9)
+    base = {**TrainConfig().to_dict(), **SEARCH, "data_dir": data_dir}
+    wgan = trial_config(base, {"loss": "wgan-gp", "g_lr": 1e-3}, 5)
+    assert (wgan.critic_steps, wgan.beta1, wgan.beta2, wgan.g_lr) == (5, 0.0, 0.9, 1e-3)

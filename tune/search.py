@@ -46,7 +46,7 @@ from dcgan_cluster.preflight import check_local_processes, check_ray_run
 from dcgan_cluster.ray_store import STATE_FILE
 from dcgan_tune.objective import OBJECTIVES, guard
 from dcgan_tune.space import SpaceError, load_space, mutations, to_tune, validate_space
-from dcgan_tune.trial import run_trial
+from dcgan_tune.trial import run_trial, with_params
 
 SCHEDULERS = ("asha", "pbt", "fifo")
 # What --resume takes from the interrupted search rather than from its command line.
@@ -288,7 +288,7 @@ def _write_outputs(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
     best = winners[0]
     params = {k: best[k] for k in space}
     # The user's config with the winning values; the search's step budget is not part of it.
-    best_cfg = base.replace(**params, max_steps=TrainConfig().max_steps)
+    best_cfg = with_params(base, params).replace(max_steps=TrainConfig().max_steps)
     save_config(best_cfg, opts.out / BEST_CONFIG)
     generator = _save_best_generator(best, opts.out)
     summary = {"best_trial": best["trial_id"], "objective": best["objective"],

@@ -29,13 +29,17 @@ from dcgan_tune.objective import trial_metrics
 def trial_config(base: dict[str, Any], params: dict[str, Any], report_every: int) -> TrainConfig:
     """The base config with a trial's hyperparameters; evaluation and checkpoints happen at
     report steps only."""
-    cfg = TrainConfig(**base)
-    if params.get("loss", cfg.loss) != cfg.loss:
-        # A trial that switches loss starts from that loss's own defaults (WGAN-GP's Adam
-        # settings and critic steps), under the trial's sampled values.
+    return with_params(TrainConfig(**base), params).replace(
+        checkpoint_every=0, eval_every=0, checkpoint_every_steps=report_every)
+
+
+def with_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """The base config with a trial's values. A trial that switches loss starts from that
+    loss's own defaults (WGAN-GP's Adam settings and critic steps), under its values: the
+    trials and the best config written after the search both come from here."""
+    if params.get("loss", base.loss) != base.loss:
         params = {**loss_defaults(params["loss"]), **params}
-    return cfg.replace(**params, checkpoint_every=0, eval_every=0,
-                       checkpoint_every_steps=report_every)
+    return base.replace(**params)
 
 
 @dataclass(frozen=True)

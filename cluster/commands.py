@@ -1,0 +1,51 @@
+"""``dcgan train-distributed``, registered with the ``dcgan`` command through the
+``dcgan.commands`` entry point (pyproject.toml). Ray is imported when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from dcgan.cli_args import add_config_args, add_metrics_args
+
+
+def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-distributed", help="train with Ray Train + DDP across N workers",
+                       description="The same training loop under Ray Train's TorchTrainer "
+                                   "with DistributedDataParallel (gloo on CPUs, NCCL on GPUs).")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--workers", type=int, required=True, metavar="N", help="training workers")
+    p.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
+                   help="one GPU per worker (auto: if this machine has CUDA)")
+    p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a "
+                                     "fresh local instance)")
+    p.add_argument("--storage", metavar="PATH_OR_URI",
+                   help="where Ray keeps checkpoints (default RUN_DIR/ray; shared storage such "
+                        "as NFS or s3:// on multi-node clusters)")
+    p.add_argument("--name", help="run name; rerunning with the same name resumes "
+                                  "(default: RUN_DIR's name)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker (default: local instance: cores / workers; "
+                        "cluster: 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+                   help="GPUs per worker when using GPUs (default 1)")
+    add_config_args(p, "YAML file of config keys", "override one config key (repeatable)")
+    add_metrics_args(p)
+    p.set_defaults(func=_cmd_train_distributed)
+
+
+def _cmd_train_distributed(args: argparse.Namespace) -> int:
+    from dcgan_cluster.launch import train_distributed
+
+    out = train_distributed(args.out, args.workers, use_gpu=args.use_gpu, address=args.address,
+                            storage=args.storage, name=args.name, config_path=args.config,
+                            overrides=args.overrides, cpus_per_worker=args.cpus_per_worker,
+                            gpus_per_worker=args.gpus_per_worker,
+                            metrics_host=args.metrics_host, metrics_port=args.metrics_port)
+    print(f"Distributed run {out['name']} finished in {out['seconds']:.1f}s at step "
+          f"{out['metrics'].get('step')}; checkpoints in {out['storage']}; artifacts in "
+          f"{args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_train_distributed(sub)

@@ -1,0 +1,68 @@
+"""``dcgan tune``, registered with the ``dcgan`` command through the ``dcgan.commands``
+entry point (pyproject.toml). Ray is imported when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from dcgan.cli_args import add_config_args, add_metrics_args
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="hyperparameter search with Ray Tune (balance objective)",
+                       description="Search learning rates, dropout and label smoothing (or "
+                                   "any config keys) against the balance objective, guarded "
+                                   "by sample quality (docs/tuning.md).")
+    p.add_argument("--out", required=True, metavar="DIR", help="search directory")
+    p.add_argument("--trials", type=int, default=8, help="trials to run (default 8)")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="K",
+                   help="trials at once (default: CPU cores / workers per trial)")
+    p.add_argument("--workers-per-trial", type=int, default=1, metavar="W",
+                   help="1: each trial trains in its own process; W > 1: a TorchTrainer "
+                        "with W DDP workers per trial")
+    p.add_argument("--scheduler", default="asha", choices=("asha", "pbt", "fifo"),
+                   help="early stopping (asha, default), population-based training (pbt), "
+                        "or none (fifo)")
+    p.add_argument("--budget-steps", type=int, default=1000, metavar="S",
+                   help="training steps per trial (default 1000); 4 reports per trial")
+    p.add_argument("--metric", default="balance", choices=("balance", "fid", "combined"),
+                   help="objective to minimise (default balance, guarded by quality)")
+    p.add_argument("--min-classes", type=int, default=10, metavar="N",
+                   help="quality guard: a trial must draw at least N of the 10 digits "
+                        "(default 10; only very short smoke searches need less)")
+    p.add_argument("--space", metavar="FILE.yaml", help="search space (default: g_lr, d_lr "
+                   "log-uniform in [1e-5, 1e-3], dropout in [0, 0.5], label_smoothing in "
+                   "[0, 0.3], label_smoothing_mode two-sided or one-sided)")
+    p.add_argument("--baseline", action="store_true",
+                   help="make trial 0 the base config's own values (the seed's by default), "
+                        "measured the same way as the others")
+    p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a "
+                                     "fresh local instance)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search with its saved settings")
+    p.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
+                   help="one GPU per trial worker (auto: if this machine has CUDA)")
+    add_config_args(p, "base config (YAML) for every trial",
+                     "override one base config key (repeatable)")
+    add_metrics_args(p)
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from dcgan_cluster.preflight import resolve_use_gpu
+    from dcgan_tune.search import SearchOptions, run_search
+
+    run_search(SearchOptions(
+        out=args.out, trials=args.trials, max_concurrent=args.max_concurrent,
+        workers_per_trial=args.workers_per_trial, scheduler=args.scheduler,
+        budget_steps=args.budget_steps, metric=args.metric, min_classes=args.min_classes,
+        baseline=args.baseline,
+        space_file=args.space,
+        address=args.address, resume=args.resume, config_path=args.config,
+        overrides=tuple(args.overrides), use_gpu=resolve_use_gpu(args.use_gpu),
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_tune(sub)

@@ -58,8 +58,8 @@ def parse_configs(pairs: list[str] | None) -> dict[str, str]:
     return configs
 
 
-def bench_one(name: str, config: str, out: Path, overrides: list[str], budget_s: float | None,
-              final_samples: int, seed: int | None = None) -> dict:
+def bench_one(name: str, config: str, out: Path, *, overrides: list[str],
+              budget_s: float | None, final_samples: int, seed: int | None = None) -> dict:
     from dcgan.generation import load_generator, sample
     from dcgan.quality import build_meter
     from dcgan.run import train_local
@@ -184,8 +184,8 @@ def main(args: argparse.Namespace) -> int:
     results = []
     for name, path in configs.items():
         for seed in seeds:
-            results.append(bench_one(name, path, out, overrides, budget_s, args.final_samples,
-                                     seed))
+            results.append(bench_one(name, path, out, overrides=overrides, budget_s=budget_s,
+                                     final_samples=args.final_samples, seed=seed))
             r = results[-1]
             print(f"  {name} (seed {r['seed']}): {r['steps']} steps in "
                   f"{r['training_s']:.0f} s" + (f", FID {r['fid']:.2f}, IS "

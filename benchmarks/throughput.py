@@ -86,8 +86,8 @@ def run_baseline(data_dir: str, batch_size: int, warmup: int, steps: int,
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def run_trainer(data_dir: str, batch_size: int, warmup: int, steps: int, device: torch.device,
-                precision: str) -> float:
+def run_trainer(data_dir: str, batch_size: int, *, warmup: int, steps: int,
+                device: torch.device, precision: str) -> float:
     from dcgan.data import load_mnist
     from dcgan.trainer import Callback, Trainer
 
@@ -144,8 +144,8 @@ def _child(args: argparse.Namespace) -> int:
     if args.variant == "baseline":
         ips = run_baseline(args.data_dir, args.batch_size, args.warmup, args.steps, device)
     else:
-        ips = run_trainer(args.data_dir, args.batch_size, args.warmup, args.steps, device,
-                          args.variant)
+        ips = run_trainer(args.data_dir, args.batch_size, warmup=args.warmup, steps=args.steps,
+                          device=device, precision=args.variant)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     print(json.dumps({"variant": args.variant, "images_per_s": ips, "peak_rss_mib": peak}))
     return 0

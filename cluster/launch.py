@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from dcgan.config import TrainConfig, load_config, save_config
-from dcgan.errors import ConfigError
-from dcgan.layout import CONFIG_FILE, RAY_STORAGE_DIR
-from dcgan.monitoring import check_metrics_args
-from dcgan.paths import check_writable_dir
-from dcgan.runlock import check_unlocked, hold_run_dir
+from dcgan.config import TrainConfig, load_config
+from dcgan.errors import ConfigError, first_line
+from dcgan.layout import RAY_STORAGE_DIR
+from dcgan.prepare import MetricsAddress, check_target, holding
 from dcgan_cluster.preflight import (
     ClusterError,
     check_local_processes,
@@ -23,6 +22,7 @@ from dcgan_cluster.preflight import (
     check_storage,
     resolve_use_gpu,
 )
+from dcgan_cluster.worker import WorkerSpec
 
 
 def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto",
@@ -34,11 +34,10 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     """``cpus_per_worker`` None: a local instance splits this machine's cores between the
     workers (torch then uses that many threads per worker); on a cluster, 1."""
     started_at = time.time()
-    run_dir = check_writable_dir(Path(run_dir).resolve())
-    check_unlocked(run_dir)
+    metrics = MetricsAddress(metrics_host, metrics_port)
+    run_dir = check_target(Path(run_dir).resolve(), metrics)
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
-    check_metrics_args(metrics_host, metrics_port)
     cfg: TrainConfig = load_config(config_path, overrides or [])
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError("device", "distributed mode places workers itself: use auto, cpu or "
@@ -52,50 +51,70 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
         cpus_per_worker = 1.0 if address else float(max(1, (os.cpu_count() or 1) // workers))
     if cpus_per_worker <= 0:
         raise ConfigError("--cpus-per-worker", f"must be > 0 (got {cpus_per_worker})")
-    name = name or run_dir.name
-    storage = check_storage(storage or str(run_dir / RAY_STORAGE_DIR))
+    plan = DistributedRun(cfg=cfg, run_dir=run_dir, workers=workers, gpu=gpu,
+                          address=address, storage=check_storage(
+                              storage or str(run_dir / RAY_STORAGE_DIR)),
+                          name=name or run_dir.name, cpus_per_worker=cpus_per_worker,
+                          gpus_per_worker=gpus_per_worker, started_at=started_at,
+                          metrics=metrics)
     # The driver holds RUN_DIR for the whole run; rank 0 (maybe on another node) writes it.
-    with hold_run_dir(run_dir, "dcgan train-distributed"):
-        save_config(cfg, run_dir / CONFIG_FILE)
-        return _run(cfg, run_dir, workers, gpu, address, storage, name, cpus_per_worker,
-                    gpus_per_worker, started_at, (metrics_host, metrics_port))
+    with holding(run_dir, "dcgan train-distributed", cfg):
+        return _run(plan)
 
 
-def _run(cfg: TrainConfig, run_dir: Path, workers: int, gpu: bool, address: str | None,
-         storage: str, name: str, cpus_per_worker: float, gpus_per_worker: float,
-         started_at: float, metrics: tuple[str, int]) -> dict:
+@dataclass(frozen=True)
+class DistributedRun:
+    """A checked ``dcgan train-distributed`` request."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    workers: int
+    gpu: bool
+    address: str | None
+    storage: str
+    name: str
+    cpus_per_worker: float
+    gpus_per_worker: float
+    started_at: float
+    metrics: MetricsAddress
+
+
+def _run(plan: DistributedRun) -> dict:
     import ray
 
     from dcgan_cluster.metrics_hub import start_hub
     from dcgan_cluster.runtime import init_ray, torch_trainer
 
+    cfg, name, storage = plan.cfg, plan.name, plan.storage
     t0 = time.perf_counter()
     # A local instance gets enough *logical* CPUs for every worker plus Ray Train's
     # controller, so that a 2-core machine cannot deadlock on resources.
-    init_ray(address, num_cpus=max(os.cpu_count() or 1, int(workers * cpus_per_worker) + 1))
+    init_ray(plan.address, num_cpus=max(os.cpu_count() or 1,
+                                        int(plan.workers * plan.cpus_per_worker) + 1))
     try:
-        loop_config = {"config": cfg.to_dict(), "run_dir": str(run_dir),
-                       "started_at": started_at, "threads": max(1, int(cpus_per_worker))}
-        host, port = metrics
-        if port:
-            loop_config["metrics_hub"], bound = start_hub(name, "distributed", cfg.to_dict(),
-                                                          host, port)
-            print(f"Prometheus metrics of every worker on http://{host}:{bound}/metrics")
-        trainer = torch_trainer(loop_config, workers=workers, gpu=gpu,
-                                cpus_per_worker=cpus_per_worker,
-                                gpus_per_worker=gpus_per_worker, name=name, storage=storage,
-                                max_failures=cfg.max_failures)
+        hub = None
+        if plan.metrics.port:
+            hub, bound = start_hub(name, "distributed", cfg.to_dict(), plan.metrics.host,
+                                   plan.metrics.port)
+            print(f"Prometheus metrics of every worker on "
+                  f"http://{plan.metrics.host}:{bound}/metrics")
+        spec = WorkerSpec("train", cfg.to_dict(), threads=max(1, int(plan.cpus_per_worker)),
+                          run_dir=str(plan.run_dir), started_at=plan.started_at,
+                          metrics_hub=hub)
+        trainer = torch_trainer(spec, workers=plan.workers, gpu=plan.gpu,
+                                cpus_per_worker=plan.cpus_per_worker,
+                                gpus_per_worker=plan.gpus_per_worker, name=name,
+                                storage=storage, max_failures=cfg.max_failures)
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as exc:
-            first = (str(exc).strip().splitlines() or ["training failed"])[0]
             raise ClusterError(f"distributed training failed after {cfg.max_failures} "
-                               f"restart(s) allowed: {first[:300]}") from None
+                               f"restart(s) allowed: "
+                               f"{first_line(exc, 'training failed', 300)}") from None
         except (ray.exceptions.RayError, ConnectionError) as exc:
             # The cluster itself went away (head node down, GCS unreachable): the workers
             # are gone with it, the checkpoints in the storage are not.
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ClusterError(f"lost the Ray cluster during training ({first[:200]}); "
+            raise ClusterError(f"lost the Ray cluster during training ({first_line(exc)}); "
                                f"rerun with --name {name} --storage {storage} (on this "
                                "cluster once it is back, or on another) to resume from the "
                                "last checkpoint") from None

@@ -8,6 +8,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from dcgan_cluster.worker import WorkerSpec
+
 
 def print_once_per_line() -> None:
     """Call before building a TorchTrainer. Ray Train 2.60 patches ``print`` in its workers
@@ -30,7 +32,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                  log_to_driver=True)
 
 
-def torch_trainer(loop_config: dict[str, Any], *, workers: int, gpu: bool,
+def torch_trainer(spec: WorkerSpec, *, workers: int, gpu: bool,
                   cpus_per_worker: float, gpus_per_worker: float = 1.0, name: str,
                   storage: str, max_failures: int, callbacks: Sequence[Any] = ()):
     """Ray Train over ``dcgan_cluster.worker.train_loop_per_worker``: DDP over gloo (CPUs) or
@@ -45,7 +47,7 @@ def torch_trainer(loop_config: dict[str, Any], *, workers: int, gpu: bool,
     per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=spec.as_loop_config(),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu,
                                      resources_per_worker=per_worker),

@@ -21,6 +21,8 @@ import sys
 import time
 from urllib.parse import urlparse
 
+from dcgan.errors import first_line
+
 CONNECT_TIMEOUT_S = 5.0
 FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -53,9 +55,8 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - Ray raises plain exceptions here
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SubmitError(f"the Ray cluster at {address} refused the connection: "
-                          f"{first[:300]}") from None
+                          f"{first_line(exc, limit=300)}") from None
 
 
 async def _stream(client, job_id: str, errors: list[str]) -> None:

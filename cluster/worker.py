@@ -2,18 +2,20 @@
 (``dcgan.assembly``), placed at this worker's rank with DDP wrapping, a data shard,
 rank-averaged statistics, Ray checkpoints, and rank-0-only side effects.
 
-The loop config says what kind of run this is: ``run_dir`` set (``dcgan train-distributed``:
-rank 0 writes it), or ``quality_every_steps`` and ``report`` set (a search trial with several
-workers: rank 0 scores and reports, nobody writes files). ``report`` is any picklable
-callable of the trainer; this module does not know who sends it.
+Every worker gets one ``WorkerSpec`` (Ray Train's loop config holds it under ``"spec"``),
+which says what kind of run this is: ``mode="train"`` (``dcgan train-distributed``: rank 0
+writes ``run_dir``) or ``mode="trial"`` (a search trial with several workers: rank 0 scores
+every ``quality_every_steps`` and sends ``report``'s metrics, nobody writes files).
+``report`` is any picklable callable of the trainer; this module does not know who sends it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,30 @@ from dcgan.layout import TIMING_FILE
 from dcgan.trainer import Callback, Trainer
 from dcgan_cluster.metrics_hub import hub_pusher
 from dcgan_cluster.ray_store import RayStore
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker of one Ray Train run is told. Picklable: Ray ships it to each."""
+
+    mode: Literal["train", "trial"]
+    config: dict[str, Any]  # the global TrainConfig as a dict (workers split the batch)
+    threads: int = 1  # torch threads per worker: the CPUs Ray reserved for it
+    run_dir: str | None = None  # mode "train": the directory rank 0 writes
+    started_at: float | None = None  # mode "train": when the command started (start-up time)
+    metrics_hub: Any = None  # the metrics hub actor's handle, if metrics are on
+    trial: str = ""  # mode "trial": the Tune trial id (a metrics label)
+    quality_every_steps: int = 0  # mode "trial": evaluate at report steps
+    report: Any = None  # mode "trial": a picklable callable(trainer) -> metrics
+
+    def __post_init__(self) -> None:
+        if self.mode == "train" and self.run_dir is None:
+            raise ValueError("a distributed training run needs its run_dir")
+        if self.mode == "trial" and (self.report is None or self.run_dir is not None):
+            raise ValueError("a search trial reports its metrics and writes no run_dir")
+
+    def as_loop_config(self) -> dict[str, Any]:
+        return {"spec": self}
 
 
 def use_sync_batchnorm(cfg: TrainConfig, device: torch.device) -> bool:
@@ -78,26 +104,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(config.get("threads", 1))  # the CPUs Ray reserved for this worker
+    spec: WorkerSpec = config["spec"]
+    torch.set_num_threads(spec.threads)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    global_cfg = TrainConfig(**config["config"])
+    global_cfg = TrainConfig(**spec.config)
     cfg = global_cfg.replace(batch_size=global_cfg.batch_size // world)
     sync_bn = use_sync_batchnorm(cfg, device)
     placement = Placement(rank, world, make_wrapper(device, sync_bn), mean_over_ranks)
-    run_dir = Path(config["run_dir"]) if config.get("run_dir") else None
-    timer = ([StartupTimer(run_dir, config.get("started_at"))]
+    run_dir = Path(spec.run_dir) if spec.mode == "train" else None
+    timer = ([StartupTimer(run_dir, spec.started_at)]
              if placement.leads and run_dir is not None else [])
-    hub = config.get("metrics_hub")
     store = RayStore("train", attach=placement.leads)
     restore = store.latest()
     trainer = assemble(
         cfg, device, store, placement=placement, run_dir=run_dir,
-        quality_every_steps=config.get("quality_every_steps", 0), report=config.get("report"),
+        quality_every_steps=spec.quality_every_steps, report=spec.report,
         resume_hint="Rerun the same command (same --name) to resume.",
-        metrics_push=hub_pusher(hub) if hub is not None else None,
-        trial=config.get("trial", ""), callbacks=timer, restore=restore)
+        metrics_push=hub_pusher(spec.metrics_hub) if spec.metrics_hub is not None else None,
+        trial=spec.trial, callbacks=timer, restore=restore)
     if placement.leads:
         if restore is not None:
             print(f"Restored from the checkpoint at step {trainer.step}")

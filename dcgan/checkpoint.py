@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from dcgan.errors import CheckpointError
+from dcgan.errors import CheckpointError, first_line
 from dcgan.io import atomic_write_bytes
 from dcgan.layout import CHECKPOINT_DIR, STATE_RE, STATE_TMP_GLOB, state_file
 
@@ -40,9 +40,8 @@ def load_torch(path: str | Path) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # pickle, zip and torch errors all mean "unusable file"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({first[:200]})") from None
+            f"checkpoint {path} is corrupt or unreadable ({first_line(exc)})") from None
 
 
 state_path = state_file  # the layout's name for it

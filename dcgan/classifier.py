@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgan.errors import DCGANError
+from dcgan.errors import DCGANError, first_line
 from dcgan.io import atomic_write_bytes
 
 VERSION = "mnist-cnn-v1"
@@ -72,9 +72,8 @@ def load_classifier(path: str | Path | None = None,
         model = MnistClassifier()
         model.load_state_dict(state)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EvaluatorError(f"classifier weights {path} are unreadable or of the wrong shape "
-                             f"({first[:160]})") from None
+                             f"({first_line(exc, limit=160)})") from None
     return model.to(device).eval()
 
 
@@ -89,7 +88,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return correct / len(images)
 
 
-def train_classifier(data_dir: str, epochs: int = 3, seed: int = 0, batch_size: int = 128,
+def train_classifier(data_dir: str, epochs: int = 3, *, seed: int = 0, batch_size: int = 128,
                      lr: float = 1e-3, log=print) -> tuple[MnistClassifier, float]:
     """Deterministic training (fixed seed, CPU, one thread-count-independent order)."""
     from dcgan.data import load_mnist, to_model_range

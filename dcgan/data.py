@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dcgan.errors import DataError
+from dcgan.errors import DataError, first_line
 
 TRAIN_FILES = {  # name -> (magic number, shape)
     "train-images-idx3-ubyte": (2051, (60000, 28, 28)),
@@ -76,10 +76,9 @@ def _download(data_dir: Path, raw: Path, missing: str) -> None:
             for train in (True, False):
                 MNIST(root=str(data_dir), train=train, download=True)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"MNIST is not in data_dir={data_dir} (no {raw / missing}) and the download failed "
-            f"({reason[:160]}): {HOW_TO_PROVIDE.format(raw=raw)}") from None
+            f"({first_line(exc, limit=160)}): {HOW_TO_PROVIDE.format(raw=raw)}") from None
 
 
 def check_mnist(data_dir: str | Path, train: bool = True, subset: int = 0) -> None:
@@ -131,7 +130,7 @@ class BatchSampler:
     """
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1,
+                 rank: int = 0, world_size: int = 1, *,
                  memory_format: torch.memory_format = torch.contiguous_format):
         # uint8 (N, 28, 28) as loaded (a quarter of float32's memory: MNIST is 47 MB), or
         # float (N, 1, 28, 28) already in [-1, 1]. Batches come out float in [-1, 1].

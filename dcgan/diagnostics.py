@@ -288,7 +288,7 @@ def diversity_check(samples: torch.Tensor, real: torch.Tensor) -> tuple[Check, f
 
 
 def diagnose(columns: Mapping[str, Sequence], profile: LossProfile = SEED_PROFILE,
-             window: int = DEFAULT_WINDOW, samples: torch.Tensor | None = None,
+             window: int = DEFAULT_WINDOW, *, samples: torch.Tensor | None = None,
              real: torch.Tensor | None = None, quality: dict | None = None) -> Diagnosis:
     """All of the above for one window; ``quality`` is the latest sample-quality row."""
     ws = window_stats(columns, window)

@@ -1,6 +1,13 @@
 """User-facing errors: each carries the exit status and a one-line message for the CLI."""
 
 
+def first_line(exc: BaseException, default: str = "", limit: int = 200) -> str:
+    """The first line of an exception's message for a one-line error (its type's name, or
+    ``default``, when the message is empty), at most ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else default or type(exc).__name__)[:limit]
+
+
 class DCGANError(Exception):
     """Base class: the CLI prints ``error: <message>`` and exits with ``exit_code``."""
 

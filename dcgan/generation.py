@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dcgan.checkpoint import FORMAT, load_torch
-from dcgan.errors import CheckpointError
+from dcgan.errors import CheckpointError, first_line
 from dcgan.io import atomic_write_bytes
 from dcgan.models import Generator
 
@@ -60,8 +60,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     try:
         g.load_state_dict(obj)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the dcgan Generator: {first[:200]}") from None
+        raise CheckpointError(f"{path} does not fit the dcgan Generator: "
+                              f"{first_line(exc)}") from None
     return g.to(device).eval()
 
 

@@ -23,7 +23,7 @@ from dcgan.diagnostics import (
     report,
     status_line,
 )
-from dcgan.errors import ConfigError, DCGANError
+from dcgan.errors import ConfigError, DCGANError, first_line
 from dcgan.generation import generate
 from dcgan.io import atomic_write_text
 from dcgan.layout import (
@@ -131,7 +131,7 @@ def read_stats_file(path: Path) -> dict[str, list]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise StatsError(f"statistics file {path} is corrupt or unreadable "
-                         f"({str(exc).splitlines()[0][:160]})") from None
+                         f"({first_line(exc, limit=160)})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise StatsError(f"statistics file {path} lacks column(s) {', '.join(missing)}")

@@ -21,9 +21,9 @@ from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError, RunDirError
 from dcgan.layout import ARTIFACT_PATTERNS, CHECKPOINT_DIR, CONFIG_FILE
-from dcgan.monitoring import MetricsExporter, check_metrics_args
-from dcgan.paths import check_writable_dir
-from dcgan.runlock import check_unlocked, hold_run_dir
+from dcgan.monitoring import MetricsExporter
+from dcgan.prepare import MetricsAddress, check_target
+from dcgan.runlock import hold_run_dir
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Outcome, Trainer
 
@@ -67,16 +67,13 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 
 
 def train_local(run_dir: str | Path, config_path: str | Path | None = None,
-                overrides: Sequence[str] = (), resume: bool = False, overwrite: bool = False,
+                overrides: Sequence[str] = (), *, resume: bool = False, overwrite: bool = False,
                 progress: bool | None = None, step_fn: StepFn = gan_step,
                 metrics_host: str = "127.0.0.1", metrics_port: int = 0,
                 callbacks: Sequence[Callback] = ()) -> tuple[Trainer, Outcome]:
     """``callbacks`` run before the mode's own (a benchmark's stop rule, say)."""
-    run_dir = Path(run_dir)
-    check_unlocked(run_dir)  # before "already holds a run": say who is writing it
+    run_dir = check_target(run_dir, MetricsAddress(metrics_host, metrics_port))
     _check_run_dir(run_dir, resume, overwrite)
-    check_writable_dir(run_dir)
-    check_metrics_args(metrics_host, metrics_port)
 
     restore: tuple[str, dict[str, Any]] | None = None
     if resume:
@@ -110,7 +107,7 @@ def _train(run_dir: Path, cfg: TrainConfig, trainer: Trainer,
            overwrite: bool) -> tuple[Trainer, Outcome]:
     # Inputs are good: only now touch the run directory, holding it against other writers.
     with hold_run_dir(run_dir, "dcgan train"), stop_on_signals(trainer):
-        if overwrite:
+        if overwrite:  # removed only now, with the lock held and every input checked
             for path in run_artifacts(run_dir):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         save_config(cfg, run_dir / CONFIG_FILE)

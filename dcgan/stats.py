@@ -6,15 +6,13 @@ training loop never waits for the device just to record a number.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from dcgan.io import atomic_write_bytes
+from dcgan.io import atomic_write_parquet
 from dcgan.layout import EVAL_FILE, STATS_FILE  # noqa: F401  (re-exported)
 from dcgan.step import STEP_VALUES
 
@@ -93,9 +91,7 @@ class TrainingStats:
         return pa.table({c: pa.array(self.columns[c], type=types[c]) for c in COLUMNS})
 
     def write_parquet(self, path: str | Path) -> None:
-        buf = io.BytesIO()
-        pq.write_table(self.to_table(), buf)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_parquet(self.to_table(), path)
 
 
 def best_of_latest(evals: list[dict]) -> dict | None:
@@ -113,6 +109,4 @@ def best_overall(evals: list[dict]) -> dict | None:
 
 
 def write_evals_parquet(evals: list[dict], path: str | Path) -> None:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(evals), buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_parquet(pa.Table.from_pylist(evals), path)

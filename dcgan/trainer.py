@@ -21,7 +21,7 @@ from torch import nn
 from dcgan.config import TrainConfig
 from dcgan.data import BatchSampler
 from dcgan.ema import GeneratorEMA
-from dcgan.errors import CheckpointError, NonFiniteLossError
+from dcgan.errors import CheckpointError, NonFiniteLossError, first_line
 from dcgan.losses import build_loss
 from dcgan.models import build_models
 from dcgan.stats import TrainingStats
@@ -262,8 +262,8 @@ class Trainer:
             self.stats.load_state_dict(state["stats"])
             self.best_generator = state.get("best_generator")  # absent before this key
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"{source} does not match this model: {first[:200]}") from None
+            raise CheckpointError(f"{source} does not match this model: "
+                                  f"{first_line(exc)}") from None
         # The config may change learning rates on resume; the optimizer state must not win.
         for opt, lr in ((self.opt_g, self.cfg.g_lr), (self.opt_d, self.cfg.d_lr)):
             for group in opt.param_groups:

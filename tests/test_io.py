@@ -98,3 +98,31 @@ def test_a_real_runs_files_are_readable_by_other_users(tmp_path, data_dir):
     wrong = {str(p.relative_to(out)): oct(mode(p)) for p in files if mode(p) != 0o644}
     wrong |= {str(p.relative_to(out)) + "/": oct(mode(p)) for p in dirs if mode(p) != 0o755}
     assert not wrong, wrong
+
+
+def test_first_line_of_an_exception():
+    from dcgan.errors import first_line
+
+    assert first_line(ValueError("bad thing\nwith a traceback-ish tail")) == "bad thing"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(RuntimeError("  \n"), "training failed") == "training failed"
+    assert first_line(ValueError("x" * 500), limit=10) == "x" * 10
+
+
+def test_parquet_is_written_atomically_with_the_umask_mode(tmp_path):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dcgan.io import atomic_write_parquet
+
+    path = tmp_path / "t.parquet"
+    old = os.umask(0o022)
+    try:
+        atomic_write_parquet(pa.table({"a": [1, 2]}), path)
+    finally:
+        os.umask(old)
+    assert pq.read_table(path).to_pydict() == {"a": [1, 2]}
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temporary left

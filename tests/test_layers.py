@@ -185,3 +185,22 @@ sys.exit(code)
     assert wing.stderr.strip().splitlines() == [
         "error: dcgan train-distributed needs Ray, which is not installed here "
         "(pip install 'ray[default,train,tune]==2.60.0')"]
+
+
+def test_a_worker_spec_says_its_mode():
+    """Workers get a typed spec: a training run names its run directory, a trial its report
+    and no directory; a spec survives pickling (Ray ships it to every worker)."""
+    import pickle
+
+    from dcgan.config import TrainConfig
+    from dcgan_cluster.worker import WorkerSpec
+
+    cfg = TrainConfig().to_dict()
+    spec = WorkerSpec("train", cfg, run_dir="/tmp/run", threads=2)
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert spec.as_loop_config() == {"spec": spec}
+    with pytest.raises(ValueError, match="run_dir"):
+        WorkerSpec("train", cfg)
+    with pytest.raises(ValueError, match="writes no run_dir"):
+        WorkerSpec("trial", cfg, run_dir="/tmp/run", report=len)
+    assert WorkerSpec("trial", cfg, report=len, quality_every_steps=5).run_dir is None

@@ -14,6 +14,7 @@ Outputs in OUT (docs/tuning.md):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -24,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dcgan.checkpoint import load_state, save_torch
 from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.errors import ConfigError, DCGANError, RunDirError
-from dcgan.io import atomic_write_bytes, atomic_write_text
+from dcgan.io import atomic_write_parquet, atomic_write_text
 from dcgan.layout import (
     BEST_CONFIG,
     SEARCH_BEST_GENERATOR,
@@ -38,9 +38,7 @@ from dcgan.layout import (
     TRIALS_CSV,
     TRIALS_TABLE,
 )
-from dcgan.monitoring import check_metrics_args
-from dcgan.paths import check_writable_dir
-from dcgan.runlock import check_unlocked, hold_run_dir
+from dcgan.prepare import MetricsAddress, check_target, holding
 from dcgan.trainer import derive_seed
 from dcgan_cluster.preflight import check_local_processes, check_ray_run
 from dcgan_cluster.ray_store import STATE_FILE
@@ -90,8 +88,10 @@ def _positive(flag: str, value: int) -> None:
         raise ConfigError(flag, f"must be >= 1 (got {value})")
 
 
-def _saved_settings(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]] | None:
-    """On --resume, the interrupted search's own settings win over the command line's."""
+def _saved_settings(opts: SearchOptions
+                    ) -> tuple[SearchOptions, TrainConfig, dict[str, Any]] | None:
+    """On --resume, the interrupted search's own settings win over the command line's: the
+    options with them, the base config and the space."""
     path = opts.out / SEARCH_SETTINGS
     if not (opts.resume and path.exists()):
         return None
@@ -103,10 +103,8 @@ def _saved_settings(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]] |
         reason = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         raise RunDirError(f"cannot resume: {path} is unreadable or corrupt ({reason[:120]}); "
                           f"remove it to resume with this command line's settings") from None
-    for key, value in options.items():
-        setattr(opts, key, value)
     print(f"Resuming the search in {opts.out} with its saved settings ({path.name})")
-    return base, space
+    return dataclasses.replace(opts, **options), base, space
 
 
 def _save_settings(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]) -> None:
@@ -115,11 +113,14 @@ def _save_settings(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
     atomic_write_text(opts.out / SEARCH_SETTINGS, json.dumps(settings, indent=2) + "\n")
 
 
-def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
-    """Everything that can be wrong, in seconds, before Ray starts a trial."""
-    check_writable_dir(opts.out)
-    check_unlocked(opts.out)
+def check_options(opts: SearchOptions
+                  ) -> tuple[SearchOptions, TrainConfig, dict[str, Any]]:
+    """Everything that can be wrong, in seconds, before Ray starts a trial. Returns the
+    options the search runs with (on --resume, the saved ones), its base config and space."""
+    check_target(opts.out, MetricsAddress(opts.metrics_host, opts.metrics_port))
     saved = _saved_settings(opts)
+    if saved is not None:
+        opts = saved[0]
     _positive("--trials", opts.trials)
     _positive("--workers-per-trial", opts.workers_per_trial)
     _positive("--budget-steps", opts.budget_steps)
@@ -134,9 +135,8 @@ def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
     if opts.scheduler == "pbt" and opts.workers_per_trial > 1:
         raise ConfigError("--scheduler", "pbt restores trials from Tune checkpoints, which "
                                          "needs --workers-per-trial 1")
-    check_metrics_args(opts.metrics_host, opts.metrics_port)
     if saved is not None:
-        base, space = saved
+        base, space = saved[1:]
     else:
         base = load_config(opts.config_path, list(opts.overrides))
         base = base.replace(max_steps=opts.budget_steps)
@@ -152,7 +152,7 @@ def check_options(opts: SearchOptions) -> tuple[TrainConfig, dict[str, Any]]:
         check_local_processes(concurrent * opts.workers_per_trial,
                               "--max-concurrent x --workers-per-trial")
     base = check_ray_run(base, opts.workers_per_trial, opts.use_gpu, opts.address, "trials")
-    return base, space
+    return opts, base, space
 
 
 def _scheduler(name: str, space: dict[str, Any], reports: int):
@@ -169,9 +169,9 @@ def _scheduler(name: str, space: dict[str, Any], reports: int):
 
 def run_search(opts: SearchOptions) -> dict[str, Any]:
     started = time.perf_counter()
-    opts.out = Path(opts.out).resolve()
-    base, space = check_options(opts)  # before Ray's imports: bad input fails in a second
-    with hold_run_dir(opts.out, "dcgan tune"):
+    opts = dataclasses.replace(opts, out=Path(opts.out).resolve())
+    opts, base, space = check_options(opts)  # before Ray's imports: bad input fails at once
+    with holding(opts.out, "dcgan tune"):
         return _search(opts, base, space, started)
 
 
@@ -323,9 +323,7 @@ def _num(value) -> float:
 
 
 def _write_table(table: list[dict], columns: list[str], out: Path) -> None:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(table), buf)
-    atomic_write_bytes(out / TRIALS_TABLE, buf.getvalue())
+    atomic_write_parquet(pa.Table.from_pylist(table), out / TRIALS_TABLE)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()

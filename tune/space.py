@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from dcgan.config import TrainConfig
-from dcgan.errors import ConfigError, DCGANError
+from dcgan.errors import ConfigError, DCGANError, first_line
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 # The default space (docs/tuning.md): the knobs that decide which network wins.
@@ -49,7 +49,7 @@ def load_space(path: str | Path | None) -> dict[str, Any]:
     except OSError as exc:
         raise SpaceError(f"--space {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise SpaceError(f"--space {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise SpaceError(f"--space {path} is not valid YAML: {first_line(exc)}") from None
     if raw is None or raw == {}:
         raise SpaceError(f"--space {path} is empty: give at least one key to search")
     if not isinstance(raw, dict):

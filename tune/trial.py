@@ -23,6 +23,7 @@ from dcgan.trainer import Trainer
 from dcgan_cluster.metrics_hub import hub_pusher
 from dcgan_cluster.ray_store import RayStore
 from dcgan_cluster.runtime import torch_trainer
+from dcgan_cluster.worker import WorkerSpec
 from dcgan_tune.objective import trial_metrics
 
 
@@ -67,9 +68,9 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], workers: int, met
     if workers > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        torch_trainer({"config": cfg.to_dict(), "threads": threads, "metrics_hub": hub,
-                       "trial": trial_id, "quality_every_steps": report_every,
-                       "report": report},
+        torch_trainer(WorkerSpec("trial", cfg.to_dict(), threads=threads, metrics_hub=hub,
+                                 trial=trial_id, quality_every_steps=report_every,
+                                 report=report),
                       workers=workers, gpu=use_gpu, cpus_per_worker=threads,
                       # Same name on a rerun (--resume): Ray Train resumes this trial.
                       name=f"train-{trial_id}", storage=storage,

@@ -521,3 +521,15 @@ def test_search_over_the_loss(tmp_path, data_dir, ray_head):
     base = {**TrainConfig().to_dict(), **SEARCH, "data_dir": data_dir}
     wgan = trial_config(base, {"loss": "wgan-gp", "g_lr": 1e-3}, 5)
     assert (wgan.critic_steps, wgan.beta1, wgan.beta2, wgan.g_lr) == (5, 0.0, 0.9, 1e-3)
+
+
+def test_pbt_cannot_vary_a_key_a_checkpoint_is_locked_to(tmp_path, data_dir):
+    """PBT restores one trial's state into another: a space that varies the loss (or any
+    resume-locked key) is refused before Ray starts, in one line."""
+    space = tmp_path / "space.yaml"
+    space.write_text("loss: {choice: [bce, hinge]}\ng_lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
+    proc = run_before_ray(["tune", "--out", str(tmp_path / "s"), "--space", str(space),
+                           "--scheduler", "pbt", *sets({"data_dir": data_dir})], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot resume with another loss" in one_line_error(proc)
+    assert not (tmp_path / "s" / "ray").exists()

@@ -39,7 +39,7 @@ from dcgan.layout import (
     TRIALS_TABLE,
 )
 from dcgan.prepare import MetricsAddress, check_target, holding
-from dcgan.trainer import derive_seed
+from dcgan.trainer import RESUME_LOCKED_KEYS, derive_seed
 from dcgan_cluster.preflight import check_local_processes, check_ray_run
 from dcgan_cluster.ray_store import STATE_FILE
 from dcgan_tune.objective import OBJECTIVES, guard
@@ -141,6 +141,11 @@ def check_options(opts: SearchOptions
         base = load_config(opts.config_path, list(opts.overrides))
         base = base.replace(max_steps=opts.budget_steps)
         space = validate_space(load_space(opts.space_file), base)
+    varied_locks = [k for k in RESUME_LOCKED_KEYS if isinstance(space.get(k), dict)]
+    if opts.scheduler == "pbt" and varied_locks:
+        raise ConfigError("--space", f"pbt hands one trial's checkpoint to another, which "
+                                     f"cannot resume with another {varied_locks[0]}: make it "
+                                     "a constant, or use --scheduler asha")
     experiment = opts.out / "ray" / EXPERIMENT
     if opts.resume and not experiment.is_dir():
         raise RunDirError(f"nothing to resume: {experiment} does not exist")

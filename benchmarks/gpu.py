@@ -140,10 +140,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"| {name} | {r['images_per_s']:.0f} | {r['ms_per_step']:.2f} | "
               f"{r['projected_30_epochs_s']:.1f} s | {r['warmup_s']:.0f} s | "
               f"{r['peak_mem_mib']:.0f} MiB |")
+    from dcgan.quality import quality_summary
+
     print(f"\nFull run ({fastest}, {full['epochs']:.1f} epochs, {full['steps']} steps): "
           f"training {full['training_s']:.1f} s, end to end {full['end_to_end_s']:.1f} s; "
-          f"FID {full['fid']:.2f}, IS {full['inception_score']:.2f}, classes covered "
-          f"{full['classes_covered']}/10, largest class {full['largest_class_fraction']:.3f}")
+          f"{quality_summary(full)}")
     results = {"gpu": gpu, "torch": torch.__version__, "settings": SETTINGS, "timed": rows,
                "fastest": fastest, "full_run": full,
                "total_s": time.perf_counter() - started}

@@ -273,7 +273,7 @@ class QualityEvaluator(Callback):
     def _save_best(self, row: dict, weights: dict[str, torch.Tensor]) -> None:
         save_torch(weights, self.run_dir / BEST_GENERATOR)
         keys = ("step", "epoch", "generator", "fid", "inception_score", "classes_covered",
-                "largest_class_fraction", "n")
+                "largest_class_fraction", "mean_confidence", "n")
         info = {k: row[k] for k in keys if k in row} | {"eval_samples": row.get("n")}
         atomic_write_text(self.run_dir / BEST_INFO, json.dumps(info, indent=2) + "\n")
 

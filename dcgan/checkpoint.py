@@ -32,16 +32,18 @@ def save_torch(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getbuffer())
 
 
-def load_torch(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)`` with a one-line error naming the file."""
+def load_torch(path: str | Path, *, what: str = "checkpoint",
+               error: type[Exception] = CheckpointError,
+               unusable: str = "is corrupt or unreadable") -> Any:
+    """``torch.load(weights_only=True)`` of an untrusted file, on the CPU, with a one-line
+    ``error`` naming ``what`` and the file: the one place our files are unpickled."""
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
     except Exception as exc:  # pickle, zip and torch errors all mean "unusable file"
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({first_line(exc)})") from None
+        raise error(f"{what} {path} {unusable} ({first_line(exc, limit=160)})") from None
 
 
 state_path = state_file  # the layout's name for it

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcgan.checkpoint import load_torch
 from dcgan.errors import DCGANError, first_line
 from dcgan.io import atomic_write_bytes
 
@@ -67,12 +68,13 @@ def load_classifier(path: str | Path | None = None,
     if packaged and sha256(path) != WEIGHTS_SHA256:
         raise EvaluatorError(f"classifier weights {path} are corrupt: SHA-256 {sha256(path)[:16]}"
                              f"... does not match {WEIGHTS_SHA256[:16]}... ({VERSION})")
+    unusable = "are unreadable or of the wrong shape"
+    state = load_torch(path, what="classifier weights", error=EvaluatorError, unusable=unusable)
+    model = MnistClassifier()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = MnistClassifier()
         model.load_state_dict(state)
     except Exception as exc:
-        raise EvaluatorError(f"classifier weights {path} are unreadable or of the wrong shape "
+        raise EvaluatorError(f"classifier weights {path} {unusable} "
                              f"({first_line(exc, limit=160)})") from None
     return model.to(device).eval()
 

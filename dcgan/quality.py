@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcgan.checkpoint import save_torch
+from dcgan.checkpoint import load_torch, save_torch
 from dcgan.classifier import FEATURE_DIM, VERSION, MnistClassifier
-from dcgan.errors import DCGANError
+from dcgan.errors import CheckpointError, DCGANError
 
 COVERED_FRACTION = 0.02  # a class is covered when more than 2% of samples fall in it
 IS_SPLITS = 10
@@ -64,10 +64,13 @@ class Quality:
 
 
 def quality_summary(q: Mapping) -> str:
-    """One line of a quality row (a ``Quality`` as a dict, or an evaluations row)."""
+    """One line of a quality row (a ``Quality`` as a dict, an evaluations row, or a best
+    generator's record): the one format every command prints scores in."""
+    confidence = (f" | confidence {q['mean_confidence']:.3f}" if "mean_confidence" in q
+                  else "")
     return (f"FID {q['fid']:.2f} | IS {q['inception_score']:.2f} | classes covered "
-            f"{q['classes_covered']}/10 | largest class {q['largest_class_fraction']:.3f} | "
-            f"confidence {q['mean_confidence']:.3f}")
+            f"{q['classes_covered']}/10 | largest class {q['largest_class_fraction']:.3f}"
+            + confidence)
 
 
 class QualityMeter:
@@ -101,11 +104,11 @@ class QualityMeter:
         if path is None or not path.is_file():
             return False
         try:
-            states = torch.load(path, map_location="cpu", weights_only=True)
+            states = load_torch(path, what="FID reference statistics")
             ok = all(states[name].shape == getattr(self.fid, name).shape
                      for name in REFERENCE_STATES)
-        except Exception:  # a corrupt or foreign file: recomputed and replaced
-            return False
+        except (CheckpointError, KeyError, AttributeError, TypeError):
+            return False  # a corrupt or foreign file: recomputed and replaced
         if ok:
             for name in REFERENCE_STATES:
                 setattr(self.fid, name, states[name].to(self.device))

@@ -39,6 +39,7 @@ from dcgan.layout import (
     STATS_FILE,
 )
 from dcgan.losses import build_loss
+from dcgan.quality import quality_summary
 from dcgan.stats import best_of_latest
 from dcgan.trainer import Callback, Outcome, Trainer
 
@@ -51,8 +52,7 @@ def best_generator_line(run_dir: Path) -> str | None:
         info = json.loads((run_dir / BEST_INFO).read_text())
         which = "the moving average of G" if info.get("generator") == "ema" else "G"
         return (f"Best generator: {run_dir / BEST_GENERATOR} ({which} at step {info['step']}, "
-                f"FID {info['fid']:.2f}, IS {info['inception_score']:.2f}, "
-                f"{info['classes_covered']}/10 classes, {info['n']} samples)")
+                f"{info['n']} samples): {quality_summary(info)}")
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -1,5 +1,10 @@
 # The README's commands. Every target sets up .venv first (idempotent).
-PYTHON ?= python3
+# The first supported interpreter on PATH (3.11, 3.12 or 3.13, the versions the pinned torch,
+# torchvision and ray publish wheels for); `make PYTHON=/path/to/python3.12 ...` picks one.
+SUPPORTED_PYTHON := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c '$(SUPPORTED_PYTHON)' 2>/dev/null \
+	&& { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -11,7 +16,7 @@ BENCH_ARGS ?=
 SMOKE_RUN ?= runs/smoke
 
 WORKERS ?= 2
-DIST_RUN ?= runs/distributed
+DIST_RUN ?= runs/distributed$(if $(filter-out seed,$(CONFIG)),-$(CONFIG))
 
 # Prometheus metrics of train / train-distributed (0: off). `make monitor` scrapes this port.
 METRICS_PORT ?= 0
@@ -50,6 +55,11 @@ endif
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 on PATH; install" \
+		"one, or name it: make PYTHON=/path/to/python3.12 ..." >&2; exit 1; }
+	@$(PYTHON) -c '$(SUPPORTED_PYTHON)' || { echo "error: $(PYTHON) is Python" \
+		"$$($(PYTHON) -c 'import platform; print(platform.python_version())'); the project" \
+		"needs 3.11-3.13 (make PYTHON=...)" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -64,11 +74,13 @@ train: install
 		--metrics-port $(METRICS_PORT) --metrics-host $(METRICS_HOST) $(TRAIN_ARGS)
 
 # The same configuration under Ray Train + DDP on $(WORKERS) workers (a local Ray instance
-# unless RAY_ADDRESS is set). Re-running resumes the run of the same name.
+# unless RAY_ADDRESS is set) in a run directory of its own per CONFIG. Re-running continues
+# the run there (--resume).
 train-distributed: install
 ifeq ($(CLUSTER),)
 	$(BIN)/dcgan train-distributed --out $(DIST_RUN) --workers $(WORKERS) \
-		--config configs/$(CONFIG).yaml --metrics-port $(METRICS_PORT) \
+		--config configs/$(CONFIG).yaml $(if $(wildcard $(DIST_RUN)/config.yaml),--resume) \
+		--metrics-port $(METRICS_PORT) \
 		--metrics-host $(METRICS_HOST) $(TRAIN_ARGS)
 else
 	$(SUBMIT) dcgan train-distributed --out $(CLUSTER_STORAGE)/runs/$(notdir $(DIST_RUN)) \

@@ -21,8 +21,13 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", metavar="PATH_OR_URI",
                    help="where Ray keeps checkpoints (default RUN_DIR/ray; shared storage such "
                         "as NFS or s3:// on multi-node clusters)")
-    p.add_argument("--name", help="run name; rerunning with the same name resumes "
-                                  "(default: RUN_DIR's name)")
+    p.add_argument("--name", help="run name: Ray Train's checkpoints of the run are kept under "
+                                  "it in the storage (default: RUN_DIR's name)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN_DIR from its latest checkpoint, with its saved "
+                        "config (plus --config / --set, each change recorded)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in RUN_DIR (and its checkpoints)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs reserved per worker (default: local instance: cores / workers; "
                         "cluster: 1)")
@@ -40,7 +45,8 @@ def _cmd_train_distributed(args: argparse.Namespace) -> int:
                             storage=args.storage, name=args.name, config_path=args.config,
                             overrides=args.overrides, cpus_per_worker=args.cpus_per_worker,
                             gpus_per_worker=args.gpus_per_worker,
-                            metrics_host=args.metrics_host, metrics_port=args.metrics_port)
+                            metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                            resume=args.resume, overwrite=args.overwrite)
     print(f"Distributed run {out['name']} finished in {out['seconds']:.1f}s at step "
           f"{out['metrics'].get('step')}; checkpoints in {out['storage']}; artifacts in "
           f"{args.out}")

@@ -7,14 +7,27 @@ storage) is checked here, in seconds, before Ray starts anything.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcgan.checkpoint import load_state
 from dcgan.config import TrainConfig, load_config
-from dcgan.errors import ConfigError, first_line
-from dcgan.layout import RAY_STORAGE_DIR
-from dcgan.prepare import MetricsAddress, check_target, holding
+from dcgan.errors import ConfigError, RunDirError, first_line
+from dcgan.layout import CONFIG_FILE, RAY_STATE_FILE, RAY_STORAGE_DIR
+from dcgan.prepare import (
+    MetricsAddress,
+    check_request,
+    check_target,
+    config_changes,
+    holding,
+    record_changes,
+    remove_artifacts,
+    resume_config,
+    saved_config,
+)
+from dcgan.trainer import check_locked_keys
 from dcgan_cluster.preflight import (
     ClusterError,
     check_local_processes,
@@ -30,15 +43,38 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
                       name: str | None = None, config_path: str | None = None,
                       overrides: list[str] | None = None, cpus_per_worker: float | None = None,
                       gpus_per_worker: float = 1.0, metrics_host: str = "127.0.0.1",
-                      metrics_port: int = 0) -> dict:
+                      metrics_port: int = 0, resume: bool = False,
+                      overwrite: bool = False) -> dict:
     """``cpus_per_worker`` None: a local instance splits this machine's cores between the
-    workers (torch then uses that many threads per worker); on a cluster, 1."""
+    workers (torch then uses that many threads per worker); on a cluster, 1. An existing
+    run is continued only with ``resume`` (its saved config, then --config and --set) and
+    replaced only with ``overwrite``, as in ``dcgan train``."""
     started_at = time.time()
     metrics = MetricsAddress(metrics_host, metrics_port)
     run_dir = check_target(Path(run_dir).resolve(), metrics)
+    check_request(run_dir, resume, overwrite)
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
-    cfg: TrainConfig = load_config(config_path, overrides or [])
+    name = name or run_dir.name
+    storage = check_storage(storage or str(run_dir / RAY_STORAGE_DIR))
+    experiment = _local_experiment(storage, name)
+    if not resume and not overwrite and experiment is not None and any(
+            experiment.glob("checkpoint_*")):
+        raise RunDirError(f"{storage} already holds checkpoints of run {name}; pass --resume "
+                          "to continue it, --overwrite to replace it, or another --name")
+    changes: dict = {}
+    state = None
+    if resume:
+        saved = saved_config(run_dir)
+        if saved is None:
+            raise RunDirError(f"nothing to resume: {run_dir} holds no {CONFIG_FILE}")
+        cfg: TrainConfig = resume_config(saved, config_path, overrides or [])
+        state = _latest_state(experiment)
+        if state is not None:  # locked keys refused here, in a second, not on the workers
+            check_locked_keys(state[1]["config"], cfg, state[0])
+        changes = config_changes(saved, cfg)
+    else:
+        cfg = load_config(config_path, overrides or [])
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError("device", "distributed mode places workers itself: use auto, cpu or "
                                     "cuda (or --use-gpu)")
@@ -52,14 +88,34 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     if cpus_per_worker <= 0:
         raise ConfigError("--cpus-per-worker", f"must be > 0 (got {cpus_per_worker})")
     plan = DistributedRun(cfg=cfg, run_dir=run_dir, workers=workers, gpu=gpu,
-                          address=address, storage=check_storage(
-                              storage or str(run_dir / RAY_STORAGE_DIR)),
-                          name=name or run_dir.name, cpus_per_worker=cpus_per_worker,
-                          gpus_per_worker=gpus_per_worker, started_at=started_at,
-                          metrics=metrics)
+                          address=address, storage=storage, name=name,
+                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                          started_at=started_at, metrics=metrics)
+
+    def replace(path: Path) -> None:
+        remove_artifacts(path)
+        if experiment is not None and experiment.is_dir():  # the run's own Ray experiment
+            shutil.rmtree(experiment)
+
     # The driver holds RUN_DIR for the whole run; rank 0 (maybe on another node) writes it.
-    with holding(run_dir, "dcgan train-distributed", cfg):
+    with holding(run_dir, "dcgan train-distributed", cfg, before=replace if overwrite else None):
+        record_changes(run_dir, changes, state[1]["step"] if state is not None else None)
         return _run(plan)
+
+
+def _local_experiment(storage: str, name: str) -> Path | None:
+    """Ray Train's folder of this run in the storage, when the storage is a local path."""
+    return None if "://" in storage else Path(storage) / name
+
+
+def _latest_state(experiment: Path | None) -> tuple[str, dict] | None:
+    """The newest full state Ray Train kept for the run (local storage only)."""
+    if experiment is None:
+        return None
+    found = sorted(experiment.glob(f"checkpoint_*/{RAY_STATE_FILE}"))
+    if not found:
+        return None
+    return str(found[-1]), load_state(found[-1])
 
 
 @dataclass(frozen=True)
@@ -110,12 +166,13 @@ def _run(plan: DistributedRun) -> dict:
         except ray.train.TrainingFailedError as exc:
             raise ClusterError(f"distributed training failed after {cfg.max_failures} "
                                f"restart(s) allowed: "
-                               f"{first_line(exc, 'training failed', 300)}") from None
+                               f"{first_line(exc, 'training failed', 300)}; rerun with "
+                               f"--resume to continue from the last checkpoint") from None
         except (ray.exceptions.RayError, ConnectionError) as exc:
             # The cluster itself went away (head node down, GCS unreachable): the workers
             # are gone with it, the checkpoints in the storage are not.
             raise ClusterError(f"lost the Ray cluster during training ({first_line(exc)}); "
-                               f"rerun with --name {name} --storage {storage} (on this "
+                               f"rerun with --resume --name {name} --storage {storage} (on this "
                                "cluster once it is back, or on another) to resume from the "
                                "last checkpoint") from None
         seconds = time.perf_counter() - t0

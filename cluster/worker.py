@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainer = assemble(
         cfg, device, store, placement=placement, run_dir=run_dir,
         quality_every_steps=spec.quality_every_steps, report=spec.report,
-        resume_hint="Rerun the same command (same --name) to resume.",
+        resume_hint="Rerun the same command with --resume to continue.",
         metrics_push=hub_pusher(spec.metrics_hub) if spec.metrics_hub is not None else None,
         trial=spec.trial, callbacks=timer, restore=restore)
     if placement.leads:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
 from dcgan.cli_args import (
     UsageError,
@@ -19,11 +19,35 @@ from dcgan.errors import DCGANError
 from dcgan.paths import check_writable_file
 
 COMMANDS_GROUP = "dcgan.commands"
+CLASSIFIER_OUT = "runs/classifier/mnist_classifier.pt"
 
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
 # Upper bounds on sizes (a typo's extra zeros must fail at once, not fill the memory):
 MAX_GRID = 10_000  # images in one sample grid (a 1,250-row PNG at 8 per row)
 MAX_WALK = 100  # interpolation steps per walk, and walks
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved configuration as YAML",
+                       description="Print the configuration a training command would use "
+                                   "(defaults, then --config, then --set) as YAML that "
+                                   "--config reads back to the same configuration.")
+    add_config_args(p, "YAML file of config keys", "override one config key (repeatable)")
+    p.set_defaults(func=_cmd_config)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from dcgan.config import config_yaml, load_config
+
+    sys.stdout.write(config_yaml(load_config(args.config, args.overrides)))
+    return 0
+
+
+def _version() -> str:
+    try:
+        return version("dcgan")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -224,20 +248,30 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
                        help="the fixed MNIST classifier behind FID and IS")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     t = actions.add_parser("train", help="train the classifier deterministically")
-    t.add_argument("--out", metavar="PATH", help="weights file (default: the packaged one)")
+    t.add_argument("--out", metavar="FILE.pt", default=CLASSIFIER_OUT,
+                   help=f"weights file to write (default {CLASSIFIER_OUT}; never the packaged, "
+                        "checksummed weights that every FID here is measured with)")
     t.add_argument("--epochs", type=positive, default=5)
     t.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
     t.set_defaults(func=_cmd_classifier_train)
 
 
 def _cmd_classifier_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from dcgan.classifier import WEIGHTS_PATH, save_classifier, train_classifier
     from dcgan.config import TrainConfig
 
+    out = Path(args.out)
+    if out.resolve() == WEIGHTS_PATH.resolve():
+        raise UsageError(f"--out {out} is the packaged classifier that every FID and IS here "
+                         "is measured with; write new weights elsewhere (evaluate them with "
+                         "dcgan evaluate --classifier FILE)")
+    check_writable_file(out, "--out")
     model, acc = train_classifier(args.data_dir or TrainConfig().data_dir, epochs=args.epochs)
-    out = args.out or WEIGHTS_PATH
     digest = save_classifier(model, out)
-    print(f"Wrote {out}: test accuracy {100 * acc:.2f}%, SHA-256 {digest}")
+    print(f"Wrote {out}: test accuracy {100 * acc:.2f}%, SHA-256 {digest} (score with them: "
+          f"dcgan evaluate --classifier {out})")
     return 0
 
 
@@ -262,6 +296,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="dcgan", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dcgan {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     for register in wing_commands():
@@ -271,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_interpolate(sub)
     _add_evaluate(sub)
     _add_classifier(sub)
+    _add_config(sub)
     return parser
 
 

@@ -30,6 +30,13 @@ MAX_CRITIC_STEPS = 100
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
+class Tristate(str):
+    """The type of the auto / true / false keys: YAML's booleans (``channels_last: false``)
+    and the strings (``--set channels_last=false``) both give "true" or "false"."""
+
+    CHOICES = ("auto", "true", "false")
+
+
 def _default_data_dir() -> str:
     # The environment replaces the default only; an explicit config value still wins.
     return os.environ.get(DATA_DIR_ENV) or "./data"
@@ -64,14 +71,14 @@ class TrainConfig:
     train_subset: int = 0  # use the first N training images (0 = all 60,000)
     max_steps: int = 0  # stop after N steps in all (0 = no cap)
     precision: str = "fp32"  # fp32, bf16 (autocast), fp16 (autocast + grad scaler, GPU only)
-    channels_last: str = "auto"  # NHWC activations: auto (= true), true, false
+    channels_last: Tristate = "auto"  # NHWC activations: auto (= true), true, false
     compile: str = "off"  # torch.compile the step: off, default, reduce-overhead, max-autotune
     # Sample quality (FID/IS with the fixed MNIST classifier, docs/evaluation.md).
     ema_decay: float = 0.999  # moving average of G's weights, scored beside G (0 = off)
     eval_every: int = 1  # evaluate every N epochs and at the end (0 = off)
     eval_samples: int = 2000  # generated images per evaluation (129-100,000; FID needs > 128)
     # Distributed mode (dcgan train-distributed); ignored by local runs.
-    sync_batchnorm: str = "auto"  # auto (on for GPU workers), true, false; CPUs cannot sync BN
+    sync_batchnorm: Tristate = "auto"  # auto (on for GPU workers), true, false
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
 
     def __post_init__(self) -> None:
@@ -89,7 +96,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-_TYPES: dict[str, type] = {"int": int, "float": float, "str": str}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "Tristate": Tristate}
 
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -104,7 +111,7 @@ def _check_type(key: str, want: type, value: Any) -> None:
     elif want is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, "must be an integer",
                  value)
-    else:
+    else:  # str and Tristate values are plain strings
         _require(isinstance(value, str), key, "must be a string", value)
 
 
@@ -154,6 +161,12 @@ def validate(cfg: TrainConfig) -> None:
 def _coerce(key: str, raw: Any) -> Any:
     """Turn a YAML or command-line value into the key's type, refusing lossy conversions."""
     want = _TYPES[_FIELDS[key].type]
+    if want is Tristate:
+        if isinstance(raw, bool):
+            return "true" if raw else "false"
+        if isinstance(raw, str) and raw.strip().lower() in Tristate.CHOICES:
+            return raw.strip().lower()
+        raise ConfigError(key, f"must be one of auto, true, false (got {raw!r})")
     kind = {int: "an integer", float: "a finite number", str: "a string"}[want]
     if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
         raise ConfigError(key, f"must be {kind} (got {raw!r})")
@@ -224,7 +237,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(values)
 
 
+def config_yaml(cfg: TrainConfig) -> str:
+    """Every key, in the dataclass's order, as YAML that ``--config`` reads back to ``cfg``."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     from dcgan.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, config_yaml(cfg))

@@ -18,6 +18,7 @@ Writers (local mode, rank 0 of a distributed run, the search), readers (``dcgan 
       dcgan_training_analysis.png       the 6-panel figure
       dcgan_quality.png                 FID and IS by step and by time
       dcgan_diagnostics.json            the final report as data
+      dcgan_config_changes.json         config changes made on resume, from the step each applies
       dcgan_timing.json                 distributed mode: start-up time
       checkpoints/state_step_NNNNNNNN.pt full states (resume)
       ray/                              distributed mode: Ray Train's storage by default
@@ -41,6 +42,7 @@ FINAL_SAMPLES = "dcgan_final_samples.png"
 ANALYSIS_FILE = "dcgan_training_analysis.png"
 QUALITY_FILE = "dcgan_quality.png"
 DIAGNOSTICS_FILE = "dcgan_diagnostics.json"
+CONFIG_CHANGES = "dcgan_config_changes.json"
 TIMING_FILE = "dcgan_timing.json"
 CHECKPOINT_DIR = "checkpoints"
 RAY_STORAGE_DIR = "ray"

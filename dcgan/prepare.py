@@ -5,21 +5,35 @@
 1. ``check_target``: the directory it will write is not held by another process, can be
    created and written, and the metrics port (if any) can be bound; all before any slow work,
    so that bad input fails in a second and leaves nothing behind;
-2. the configuration: defaults < a saved run's config < ``--config`` < ``--set``
-   (``dcgan.config.load_config``);
-3. ``holding``: the directory is locked for the whole run and the config it trains with is
+2. ``check_request``: one resume convention for every mode: a directory that holds a run
+   is continued only with ``--resume`` and replaced only with ``--overwrite``;
+3. the configuration: defaults < the run's saved config (on ``--resume``) < ``--config`` <
+   ``--set`` (``dcgan.config.load_config``); a change on resume is recorded
+   (``record_changes``), so the run's files always say how its weights were trained;
+4. ``holding``: the directory is locked for the whole run and the config it trains with is
    written into it (``config.yaml``) only then.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dcgan.config import TrainConfig, save_config
-from dcgan.layout import CONFIG_FILE
+from dcgan.config import TrainConfig, load_config, save_config
+from dcgan.errors import ConfigError, RunDirError
+from dcgan.io import atomic_write_text
+from dcgan.layout import (
+    ARTIFACT_PATTERNS,
+    CHECKPOINT_DIR,
+    CONFIG_CHANGES,
+    CONFIG_FILE,
+    RAY_STORAGE_DIR,
+)
 from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
@@ -44,9 +58,83 @@ def check_target(out: str | Path, metrics: MetricsAddress = MetricsAddress(),
 
 
 @contextlib.contextmanager
-def holding(run_dir: Path, command: str, cfg: TrainConfig | None = None) -> Iterator[None]:
-    """Hold ``run_dir`` against other writers for the run; write ``cfg`` into it once held."""
+def holding(run_dir: Path, command: str, cfg: TrainConfig | None = None, *,
+            before=None) -> Iterator[None]:
+    """Hold ``run_dir`` against other writers for the run; once held, run ``before(run_dir)``
+    (``remove_artifacts`` for --overwrite), then write ``cfg`` into it."""
     with hold_run_dir(run_dir, command):
+        if before is not None:
+            before(run_dir)
         if cfg is not None:
             save_config(cfg, run_dir / CONFIG_FILE)
         yield
+
+
+def run_artifacts(run_dir: Path) -> list[Path]:
+    """Files and folders of ours in ``run_dir`` (what --overwrite removes; nothing else)."""
+    found = [p for pattern in ARTIFACT_PATTERNS for p in run_dir.glob(pattern)]
+    found += [run_dir / d for d in (CHECKPOINT_DIR, RAY_STORAGE_DIR) if (run_dir / d).is_dir()]
+    return sorted(set(found))
+
+
+def check_request(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """One resume convention for ``dcgan train`` and ``dcgan train-distributed``."""
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; pick one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} exists and is not a directory")
+    if not resume and not overwrite and run_dir.is_dir() and run_artifacts(run_dir):
+        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or "
+                          "--overwrite to replace it")
+    if resume and not run_dir.is_dir():
+        raise RunDirError(f"nothing to resume: {run_dir} does not exist")
+
+
+def remove_artifacts(run_dir: Path) -> None:
+    """--overwrite: only now, with the lock held and every input checked."""
+    for path in run_artifacts(run_dir):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's saved ``config.yaml`` as a mapping (None when there is none)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path).to_dict()  # refuses a corrupt file in one line
+    except ConfigError as exc:
+        raise RunDirError(f"cannot resume: {path} is not a usable run config ({exc.rule})"
+                          ) from None
+
+
+def resume_config(saved: dict[str, Any], config_path: str | Path | None,
+                  overrides: list[str]) -> TrainConfig:
+    """A resumed run's config: what it was trained with, then --config, then --set."""
+    return load_config(config_path, overrides, base=saved)
+
+
+def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[Any]]:
+    """key -> [before, after] for every key a resume changes (a key missing from an older
+    run had its default)."""
+    before = {**TrainConfig().to_dict(), **saved}
+    return {k: [before.get(k), v] for k, v in cfg.to_dict().items() if before.get(k) != v}
+
+
+def record_changes(run_dir: Path, changes: dict[str, list[Any]], step: int | None,
+                   write=print) -> None:
+    """Append a resume's config changes to ``dcgan_config_changes.json``, the run's history of
+    how its weights were trained (``config.yaml`` holds the latest values)."""
+    if not changes:
+        return
+    path = run_dir / CONFIG_CHANGES
+    history: list = []
+    if path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(path.read_text())
+            history = loaded if isinstance(loaded, list) else []
+    history.append({"from_step": step, "changes": changes})
+    atomic_write_text(path, json.dumps(history, indent=2) + "\n")
+    where = f"from step {step}" if step is not None else "from the step it resumes at"
+    write("Config changed on resume " + where + ": " + ", ".join(
+        f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) + f" (recorded in {path.name})")

@@ -77,7 +77,7 @@ class QualityMeter:
     """Holds the classifier and the real reference statistics (computed once)."""
 
     def __init__(self, classifier: MnistClassifier, real: torch.Tensor, batch: int = 1000,
-                 cache: Path | None = None):
+                 cache: Path | None = None, name: str = VERSION):
         """``cache``: a folder for the reference statistics, keyed by the classifier's
         weights and ``real``. They cost seconds per run on a CPU (10,000 images through the
         classifier) and never change for the same inputs."""
@@ -86,6 +86,7 @@ class QualityMeter:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self.clf = classifier.eval()
+        self.name = name  # every score names the classifier it was measured with
         self.device = next(classifier.parameters()).device
         self.batch = batch
         # sync_on_compute=False: under DDP only rank 0 evaluates; torchmetrics must not wait
@@ -155,7 +156,7 @@ class QualityMeter:
             class_fractions=[round(float(f), 5) for f in fractions],
             classes_covered=int((fractions > COVERED_FRACTION).sum()),
             largest_class_fraction=float(fractions.max()),
-            mean_confidence=float(p.max(1).values.mean()))
+            mean_confidence=float(p.max(1).values.mean()), classifier=self.name)
 
 
 def cache_dir() -> Path:
@@ -183,4 +184,6 @@ def build_meter(data_dir: str, device: str | torch.device = "cpu",
 
     clf = load_classifier(classifier, device)
     test_images, _ = load_mnist(data_dir, train=False)
-    return QualityMeter(clf, to_model_range(test_images), cache=cache_dir())
+    # Scores from other weights are not comparable with mnist-cnn-v1's: they say so.
+    name = VERSION if classifier is None else f"{classifier} (unchecked weights, not {VERSION})"
+    return QualityMeter(clf, to_model_range(test_images), cache=cache_dir(), name=name)

@@ -7,7 +7,6 @@ The order matters for "never lose existing results": everything that can fail on
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,33 +16,22 @@ from typing import Any
 from dcgan.assembly import assemble
 from dcgan.callbacks import ProgressBar
 from dcgan.checkpoint import LocalStore, list_states, load_latest_state
-from dcgan.config import TrainConfig, load_config, save_config
+from dcgan.config import TrainConfig, load_config
 from dcgan.device import resolve_device
-from dcgan.errors import NonFiniteLossError, RunDirError
-from dcgan.layout import ARTIFACT_PATTERNS, CHECKPOINT_DIR, CONFIG_FILE
+from dcgan.errors import NonFiniteLossError
 from dcgan.monitoring import MetricsExporter
-from dcgan.prepare import MetricsAddress, check_target
-from dcgan.runlock import hold_run_dir
+from dcgan.prepare import (
+    MetricsAddress,
+    check_request,
+    check_target,
+    config_changes,
+    holding,
+    record_changes,
+    remove_artifacts,
+    resume_config,
+)
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Outcome, Trainer
-
-
-def run_artifacts(run_dir: Path) -> list[Path]:
-    """Files and folders of ours in ``run_dir`` (what --overwrite removes; nothing else)."""
-    found = [p for pattern in ARTIFACT_PATTERNS for p in run_dir.glob(pattern)]
-    if (run_dir / CHECKPOINT_DIR).is_dir():
-        found.append(run_dir / CHECKPOINT_DIR)
-    return sorted(set(found))
-
-
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other; pick one")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir} exists and is not a directory")
-    if not resume and not overwrite and run_dir.is_dir() and run_artifacts(run_dir):
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or "
-                          "--overwrite to replace it")
 
 
 @contextlib.contextmanager
@@ -73,15 +61,15 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 callbacks: Sequence[Callback] = ()) -> tuple[Trainer, Outcome]:
     """``callbacks`` run before the mode's own (a benchmark's stop rule, say)."""
     run_dir = check_target(run_dir, MetricsAddress(metrics_host, metrics_port))
-    _check_run_dir(run_dir, resume, overwrite)
+    check_request(run_dir, resume, overwrite)
 
     restore: tuple[str, dict[str, Any]] | None = None
+    changes: dict[str, list[Any]] = {}
     if resume:
-        if not run_dir.is_dir():
-            raise RunDirError(f"nothing to resume: {run_dir} does not exist")
         state_file, state = load_latest_state(run_dir)
         restore = (str(state_file), state)
-        cfg = load_config(config_path, list(overrides), base=state["config"])
+        cfg = resume_config(state["config"], config_path, list(overrides))
+        changes = config_changes(state["config"], cfg)
     else:
         cfg = load_config(config_path, list(overrides))
     device = resolve_device(cfg)
@@ -100,17 +88,15 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                            resume_hint=f"Resume with: dcgan train --out {run_dir} --resume",
                            metrics_push=push, callbacks=[bar, *callbacks], step_fn=step_fn,
                            restore=restore)
-        return _train(run_dir, cfg, trainer, overwrite)
+        return _train(run_dir, cfg, trainer, overwrite=overwrite, changes=changes, write=write)
 
 
-def _train(run_dir: Path, cfg: TrainConfig, trainer: Trainer,
-           overwrite: bool) -> tuple[Trainer, Outcome]:
+def _train(run_dir: Path, cfg: TrainConfig, trainer: Trainer, *, overwrite: bool,
+           changes: dict[str, list[Any]], write) -> tuple[Trainer, Outcome]:
     # Inputs are good: only now touch the run directory, holding it against other writers.
-    with hold_run_dir(run_dir, "dcgan train"), stop_on_signals(trainer):
-        if overwrite:  # removed only now, with the lock held and every input checked
-            for path in run_artifacts(run_dir):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        save_config(cfg, run_dir / CONFIG_FILE)
+    with holding(run_dir, "dcgan train", before=remove_artifacts if overwrite else None,
+                 cfg=cfg), stop_on_signals(trainer):
+        record_changes(run_dir, changes, trainer.step, write)
         try:
             outcome = trainer.fit()
         except NonFiniteLossError as exc:

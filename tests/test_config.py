@@ -129,3 +129,52 @@ def test_fp16_needs_a_gpu(tmp_path, capsys):
                  "--set", "precision=fp16"])
     assert code == 2
     assert "precision" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [("channels_last: false\n", "false"),
+                                            ("channels_last: true\n", "true"),
+                                            ("channels_last: 'false'\n", "false"),
+                                            ("channels_last: auto\n", "auto"),
+                                            ("channels_last: False\n", "false")])
+def test_tristate_keys_take_what_yaml_writes(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text + text.replace("channels_last", "sync_batchnorm"))
+    cfg = load_config(path)
+    assert cfg.channels_last == expected and cfg.sync_batchnorm == expected
+    assert load_config(overrides=[f"channels_last={expected}"]).channels_last == expected
+
+
+@pytest.mark.parametrize("bad", ["channels_last: 1\n", "channels_last: maybe\n",
+                                 "sync_batchnorm: null\n"])
+def test_tristate_keys_refuse_other_values(tmp_path, bad):
+    path = tmp_path / "c.yaml"
+    path.write_text(bad)
+    with pytest.raises(ConfigError, match="must be one of auto, true, false"):
+        load_config(path)
+
+
+def test_dcgan_config_prints_yaml_that_reads_back(tmp_path):
+    """``dcgan config`` = defaults < --config < --set, as YAML --config reads back."""
+    from .conftest import run_cli
+
+    base = tmp_path / "base.yaml"
+    base.write_text("epochs: 3\nloss: wgan-gp\nchannels_last: false\n")
+    proc = run_cli(["config", "--config", str(base), "--set", "g_lr=3e-4"])
+    assert proc.returncode == 0, proc.stderr
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(proc.stdout)
+    expected = load_config(base, ["g_lr=3e-4"])
+    assert load_config(printed) == expected
+    assert (expected.epochs, expected.g_lr, expected.beta1, expected.channels_last) == (
+        3, 3e-4, 0.0, "false")
+    bad = run_cli(["config", "--set", "nope=1"])
+    assert bad.returncode == 2 and "unknown key" in bad.stderr
+
+
+def test_dcgan_version():
+    from importlib.metadata import version
+
+    from .conftest import run_cli
+
+    proc = run_cli(["--version"])
+    assert proc.returncode == 0 and proc.stdout.strip() == f"dcgan {version('dcgan')}"

@@ -272,3 +272,35 @@ def test_submit_to_an_address_where_nothing_answers():
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: no Ray cluster answers at")
+
+
+def test_make_refuses_an_unsupported_python_in_one_line(tmp_path):
+    """The Makefile takes Python 3.11-3.13 (PYTHON= names one); another version is refused
+    with the versions it takes, before a virtual environment is made."""
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then\n  case "$2" in\n'
+                    '    *platform*) echo 3.10.14 ;;\n    *) exit 1 ;;\n  esac\nfi\n')
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["make", "install", f"PYTHON={fake}", f"VENV={venv}"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {fake} is Python 3.10.14; the project needs 3.11-3.13 "
+                      "(make PYTHON=...)"], proc.stderr
+    assert not venv.exists()
+    found = subprocess.run(["make", "-n", "install", f"VENV={venv}"], capture_output=True,
+                           text=True, timeout=60, cwd=ROOT)
+    assert "python3.1" in found.stdout  # a supported interpreter found on PATH
+
+
+@pytest.mark.parametrize(("config", "run"), [(None, "runs/distributed"),
+                                           ("recommended", "runs/distributed-recommended")])
+def test_make_train_distributed_gives_each_config_its_run_dir(config, run):
+    proc = subprocess.run(["make", "-n", "train-distributed",
+                           *([f"CONFIG={config}"] if config else [])],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    argv = _dcgan_invocations(proc.stdout.replace(".venv/bin/dcgan ", "dcgan "))[0]
+    assert argv[:3] == ["train-distributed", "--out", run]
+    assert "--resume" not in argv  # nothing there yet: a fresh run

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from dcgan import layout
 from dcgan.checkpoint import load_state
@@ -138,12 +139,22 @@ def test_two_workers_end_to_end(two_workers, tmp_path, data_dir, ray_head):
     expected = sample(load_generator(out / layout.GENERATOR_FINAL), 16, 5).numpy()
     assert np.array_equal(np.load(raw), expected)
 
-    # Rerunning with the same name (default: RUN_DIR's) resumes from the last checkpoint.
+    # Without --resume the finished run is refused, untouched; with it, the run continues
+    # from its last checkpoint, and the change (epochs 2 -> 3) is recorded from that step.
+    refused = run_cli([*dist_args(out, data_dir, ray_head.address, epochs=3)],
+                      env=ray_head.env, timeout=120)
+    assert refused.returncode == 2
+    assert "already holds a run; pass --resume" in one_line_error(refused)
     again = run_cli([*dist_args(out, data_dir, ray_head.address, epochs=3, eval_every=0,
-                                sample_every=0), "--name", "run"], env=ray_head.env, timeout=600)
+                                sample_every=0), "--name", "run", "--resume"],
+                    env=ray_head.env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Restored from the checkpoint at step 40" in again.stdout + again.stderr
     assert pq.read_table(out / STATS_FILE).to_pydict()["step"] == list(range(60))
+    history = json.loads((out / layout.CONFIG_CHANGES).read_text())
+    assert history[0]["from_step"] == 40
+    assert history[0]["changes"]["epochs"] == [2, 3]
+    assert TrainConfig(**yaml.safe_load((out / layout.CONFIG_FILE).read_text())).epochs == 3
 
 
 @pytest.mark.prometheus

@@ -428,8 +428,8 @@ def test_ray_head_killed_during_train_distributed(tmp_path, data_dir):
 
     # A new Ray instance, the same name and storage: it resumes.
     with ray_node(tmp_path / "head-2.log", env, num_cpus=3) as head:
-        again = run_cli([*common, "--address", head.address, *sets({**small, "epochs": 2})],
-                        timeout=400, env=env)
+        again = run_cli([*common, "--address", head.address, "--resume",
+                         *sets({**small, "epochs": 2})], timeout=400, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     restored = [line for line in (again.stdout + again.stderr).splitlines()
                 if "Restored from the checkpoint at step" in line]

@@ -186,3 +186,26 @@ def test_training_records_quality(finished_run):
     for name in (layout.BEST_GENERATOR, layout.GENERATOR_EMA_FINAL):
         assert run_cli(["sample", "--generator", str(out / name), "--n", "16",
                         "--out", str(out.parent / f"{name}.png")]).returncode == 0
+
+
+def test_classifier_train_never_writes_over_the_packaged_weights(tmp_path):
+    from dcgan.classifier import WEIGHTS_PATH
+
+    before = WEIGHTS_PATH.read_bytes()
+    proc = run_cli(["classifier", "train", "--out", str(WEIGHTS_PATH), "--epochs", "1"])
+    assert proc.returncode == 2
+    assert "is the packaged classifier" in one_line_error(proc)
+    assert WEIGHTS_PATH.read_bytes() == before
+
+
+def test_scores_with_other_weights_name_them(tmp_path, data_dir):
+    import shutil
+
+    from dcgan.classifier import WEIGHTS_PATH
+
+    other = tmp_path / "other.pt"
+    shutil.copy(WEIGHTS_PATH, other)
+    proc = run_cli(["evaluate", "--reference", "noise", "--n", "200", "--data-dir", data_dir,
+                    "--classifier", str(other)])
+    assert proc.returncode == 0, proc.stderr
+    assert f"classifier {other} (unchecked weights, not mnist-cnn-v1)" in proc.stdout

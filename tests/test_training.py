@@ -13,6 +13,7 @@ from PIL import Image
 
 from dcgan import layout
 from dcgan.checkpoint import list_states, load_state
+from dcgan.config import load_config
 from dcgan.errors import NonFiniteLossError, RunDirError
 from dcgan.models import Discriminator, Generator
 from dcgan.run import train_local
@@ -243,3 +244,23 @@ def test_run_dir_that_is_a_file(tmp_path):
     target.write_text("x")
     with pytest.raises(RunDirError, match="not a directory"):
         train_local(target)
+
+
+def test_a_change_on_resume_is_recorded_from_its_step(tmp_path, data_dir):
+    """A finished run resumed with --set g_lr=...: config.yaml holds the new value and
+    dcgan_config_changes.json says from which step it applies, so the run's files always say
+    how its weights were trained."""
+    import json
+
+    out = tmp_path / "run"
+    assert run_cli(tiny_train_args(out, data_dir, max_steps=2)).returncode == 0
+    proc = run_cli([*tiny_train_args(out, data_dir, max_steps=4, g_lr=0.001), "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    assert "Config changed on resume from step 2: " in proc.stdout
+    history = json.loads((out / layout.CONFIG_CHANGES).read_text())
+    assert history == [{"from_step": 2, "changes": {"g_lr": [0.0002, 0.001],
+                                                    "max_steps": [2, 4]}}]
+    assert load_config(out / layout.CONFIG_FILE).g_lr == 0.001
+    again = run_cli([*tiny_train_args(out, data_dir, max_steps=4, g_lr=0.001), "--resume"])
+    assert again.returncode == 0 and "Config changed" not in again.stdout  # nothing new
+    assert len(json.loads((out / layout.CONFIG_CHANGES).read_text())) == 1

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import bounded, positive
+from dcgan.cli_args import add_data_dir_arg, add_device_arg, bounded, positive
 from dcgan.config import MAX_EVAL_SAMPLES
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="images/s of this trainer against a plain PyTorch loop")
-    p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    add_data_dir_arg(p)
     p.add_argument("--steps", type=int, default=60, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=15, help="untimed steps per variant")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    add_device_arg(p)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; best one counts")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of: baseline,fp32,bf16,fp16")
@@ -32,7 +32,7 @@ def _add_bench_gpu(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-gpu", help="the GPU fast path: speed per setting, then the "
                                          "seed's 30 epochs timed and evaluated",
                        description="Needs a CUDA GPU; about 8 minutes (docs/benchmarks.md).")
-    p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    add_data_dir_arg(p)
     p.add_argument("--out", default="runs/bench-gpu", help="results folder")
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps per setting")
@@ -66,7 +66,7 @@ def _add_bench_quality(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--final-samples", type=bounded(MAX_EVAL_SAMPLES), default=10000,
                    help="samples scoring each best generator (default 10000)")
     p.add_argument("--out", default="runs/bench-quality", help="results folder")
-    p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    add_data_dir_arg(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key of every configuration (repeatable)")
     p.set_defaults(func=_cmd_bench_quality)

@@ -152,8 +152,12 @@ def _child(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dcgan.config import load_config
+    from dcgan.device import resolve_device
+
     data_dir = args.data_dir or TrainConfig().data_dir
-    device = torch.device(args.device)
+    device = resolve_device(load_config(overrides=[f"device={args.device}"]))
+    args.device = str(device)  # the variants' subprocesses get the resolved device
     names = args.variants.split(",") if args.variants else (
         ["baseline", "fp32", "fp16" if device.type == "cuda" else "bf16", "ray1", "ray2"])
     unknown = [n for n in names if n not in VARIANTS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import add_config_args, add_metrics_args
+from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides
 
 
 def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def _cmd_train_distributed(args: argparse.Namespace) -> int:
 
     out = train_distributed(args.out, args.workers, use_gpu=args.use_gpu, address=args.address,
                             storage=args.storage, name=args.name, config_path=args.config,
-                            overrides=args.overrides, cpus_per_worker=args.cpus_per_worker,
+                            overrides=config_overrides(args), cpus_per_worker=args.cpus_per_worker,
                             gpus_per_worker=args.gpus_per_worker,
                             metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                             resume=args.resume, overwrite=args.overwrite)

@@ -8,11 +8,18 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, entry_points, version
 
 from dcgan.cli_args import (
+    Deprecated,
     UsageError,
     add_config_args,
+    add_data_dir_arg,
+    add_device_arg,
+    add_image_arg,
     add_metrics_args,
+    add_noise_seed_arg,
     bounded,
+    config_overrides,
     positive,
+    require,
 )
 from dcgan.config import MAX_EVAL_SAMPLES
 from dcgan.errors import DCGANError
@@ -39,7 +46,7 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 def _cmd_config(args: argparse.Namespace) -> int:
     from dcgan.config import config_yaml, load_config
 
-    sys.stdout.write(config_yaml(load_config(args.config, args.overrides)))
+    sys.stdout.write(config_yaml(load_config(args.config, config_overrides(args))))
     return 0
 
 
@@ -69,7 +76,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dcgan.run import train_local
     from dcgan.trainer import Outcome
 
-    trainer, outcome = train_local(args.out, args.config, args.overrides, resume=args.resume,
+    trainer, outcome = train_local(args.out, args.config, config_overrides(args),
+                                   resume=args.resume,
                                    overwrite=args.overwrite,
                                    progress=False if args.no_progress else None,
                                    metrics_host=args.metrics_host,
@@ -85,7 +93,9 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
                        description="Read RUN_DIR's statistics (also while it trains or after a "
                                    "stop), print the seed's report, write "
                                    "dcgan_training_analysis.png and dcgan_diagnostics.json.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", dest="run_dir", metavar="RUN_DIR",
+                   help="the run directory to analyze (required)")
+    p.add_argument("old_run_dir", nargs="?", metavar="RUN_DIR", help=argparse.SUPPRESS)
     p.add_argument("--window", type=positive, default=100,
                    help="iterations the report averages over (default 100)")
     p.add_argument("--smooth", type=positive, default=None,
@@ -96,6 +106,12 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dcgan.report import analyze_run
 
+    if args.old_run_dir is not None:
+        print("note: a positional RUN_DIR is deprecated and goes in the next release; use "
+              "--out RUN_DIR", file=sys.stderr)
+        if args.run_dir is None:
+            args.run_dir = args.old_run_dir
+    require(args.run_dir, "--out RUN_DIR")
     analyze_run(args.run_dir, window=args.window, smooth=args.smooth)
     return 0
 
@@ -103,9 +119,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _add_generator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", required=True, metavar="PATH",
                    help="a dcgan_generator_*.pth or a full checkpoint (checkpoints/*.pt)")
-    p.add_argument("--out", required=True, metavar="FILE.png", help="image grid to write")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    add_image_arg(p, "image grid")
+    add_noise_seed_arg(p)
+    add_device_arg(p)
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -122,15 +138,16 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from dcgan.generation import load_generator, sample, save_grid, save_tensor
 
-    _check_suffix(args.out, (".png",), "--out")
-    check_writable_file(args.out, "--out")
+    require(args.image, "--image FILE.png")
+    _check_suffix(args.image, (".png",), "--image")
+    check_writable_file(args.image, "--image")
     if args.save_tensor:
         _check_suffix(args.save_tensor, (".pt", ".npy"), "--save-tensor")
         check_writable_file(args.save_tensor, "--save-tensor")
     g = load_generator(args.generator, _device(args.device))
-    images = sample(g, args.n, args.seed)
-    save_grid(images, args.out, nrow=args.nrow)
-    print(f"Wrote {args.n} samples to {args.out}")
+    images = sample(g, args.n, args.noise_seed)
+    save_grid(images, args.image, nrow=args.nrow)
+    print(f"Wrote {args.n} samples to {args.image}")
     if args.save_tensor:
         save_tensor(images, args.save_tensor)
         print(f"Wrote the images ({tuple(images.shape)}, values in [-1, 1]) to {args.save_tensor}")
@@ -153,17 +170,18 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from dcgan.generation import interpolate, load_generator, save_gif, save_grid
 
-    _check_suffix(args.out, (".png",), "--out")
-    check_writable_file(args.out, "--out")
+    require(args.image, "--image FILE.png")
+    _check_suffix(args.image, (".png",), "--image")
+    check_writable_file(args.image, "--image")
     if args.gif:
         _check_suffix(args.gif, (".gif",), "--gif")
         check_writable_file(args.gif, "--gif")
     if args.steps < 2:
         raise UsageError("--steps must be >= 2 (a walk has two ends)")
     g = load_generator(args.generator, _device(args.device))
-    walks = interpolate(g, args.pairs, args.steps, args.mode, args.seed)
-    save_grid(walks.flatten(0, 1), args.out, nrow=args.steps)
-    print(f"Wrote {args.pairs} {args.mode} walks of {args.steps} steps to {args.out}")
+    walks = interpolate(g, args.pairs, args.steps, args.mode, args.noise_seed)
+    save_grid(walks.flatten(0, 1), args.image, nrow=args.steps)
+    print(f"Wrote {args.pairs} {args.mode} walks of {args.steps} steps to {args.image}")
     if args.gif:
         save_gif(walks.transpose(0, 1), args.gif)
         print(f"Wrote the animation to {args.gif}")
@@ -181,12 +199,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                       help="score a floor instead: N MNIST training images, or uniform noise")
     p.add_argument("--n", type=bounded(MAX_EVAL_SAMPLES), default=10000,
                    help=f"images to score (default 10000, at most {MAX_EVAL_SAMPLES:,})")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
-    p.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    add_noise_seed_arg(p)
+    p.add_argument("--json", metavar="FILE.json", help="also write the results as JSON")
+    add_data_dir_arg(p)
     p.add_argument("--classifier", metavar="PATH",
                    help="other classifier weights (default: the packaged, checksummed ones)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    add_device_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -211,7 +229,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         g = load_generator(args.generator, device)  # a bad file fails before the slow part
         meter = build_meter(data_dir, device, args.classifier)
-        images, what = sample(g, args.n, args.seed), args.generator
+        images, what = sample(g, args.n, args.noise_seed), args.generator
     else:
         meter = build_meter(data_dir, device, args.classifier)
         if args.reference == "real":
@@ -222,7 +240,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             train, _ = load_mnist(data_dir, subset=args.n)
             images, what = to_model_range(train), f"{args.n} MNIST training images"
         else:
-            gen = torch.Generator().manual_seed(args.seed)
+            gen = torch.Generator().manual_seed(args.noise_seed)
             images = torch.rand(args.n, 1, 28, 28, generator=gen) * 2 - 1
             what = f"{args.n} images of uniform noise"
     q = meter.measure(images)
@@ -236,7 +254,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"  {name:<27} {value}")
     if args.json:
-        atomic_write_text(args.json, json.dumps({"what": what, "seed": args.seed,
+        atomic_write_text(args.json, json.dumps({"what": what, "seed": args.noise_seed,
                                                  **q.to_dict()}, indent=2) + "\n")
         print(f"Wrote {args.json}")
     return 0
@@ -244,15 +262,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _add_classifier(sub: argparse._SubParsersAction) -> None:
     # "evaluator": the command's name before it was renamed (beside `evaluate` it misled).
-    p = sub.add_parser("classifier", aliases=["evaluator"],
-                       help="the fixed MNIST classifier behind FID and IS")
+    p = sub.add_parser("classifier", help="the fixed MNIST classifier behind FID and IS")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     t = actions.add_parser("train", help="train the classifier deterministically")
-    t.add_argument("--out", metavar="FILE.pt", default=CLASSIFIER_OUT,
+    t.add_argument("--weights", metavar="FILE.pt", default=CLASSIFIER_OUT,
                    help=f"weights file to write (default {CLASSIFIER_OUT}; never the packaged, "
                         "checksummed weights that every FID here is measured with)")
+    t.add_argument("--out", dest="weights", action=Deprecated, replacement="--weights FILE.pt")
     t.add_argument("--epochs", type=positive, default=5)
-    t.add_argument("--data-dir", help="MNIST folder (default: config default / DCGAN_DATA_DIR)")
+    add_data_dir_arg(t)
     t.set_defaults(func=_cmd_classifier_train)
 
 
@@ -262,12 +280,12 @@ def _cmd_classifier_train(args: argparse.Namespace) -> int:
     from dcgan.classifier import WEIGHTS_PATH, save_classifier, train_classifier
     from dcgan.config import TrainConfig
 
-    out = Path(args.out)
+    out = Path(args.weights)
     if out.resolve() == WEIGHTS_PATH.resolve():
-        raise UsageError(f"--out {out} is the packaged classifier that every FID and IS here "
+        raise UsageError(f"--weights {out} is the packaged classifier that every FID and IS here "
                          "is measured with; write new weights elsewhere (evaluate them with "
                          "dcgan evaluate --classifier FILE)")
-    check_writable_file(out, "--out")
+    check_writable_file(out, "--weights")
     model, acc = train_classifier(args.data_dir or TrainConfig().data_dir, epochs=args.epochs)
     digest = save_classifier(model, out)
     print(f"Wrote {out}: test accuracy {100 * acc:.2f}%, SHA-256 {digest} (score with them: "
@@ -320,6 +338,11 @@ def wing_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evaluator"]:  # the command's name before it was renamed
+        print("note: dcgan evaluator is deprecated and goes in the next release; use "
+              "dcgan classifier", file=sys.stderr)
+        argv[0] = "classifier"
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -34,9 +34,12 @@ def positive(text: str) -> int:
 
 
 def add_config_args(p: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
+    """--config FILE, --set KEY=VALUE (repeatable) and --data-dir DIR; read them back with
+    ``config_overrides``."""
     p.add_argument("--config", metavar="FILE", help=config_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=set_help)
+    add_data_dir_arg(p)
 
 
 def add_metrics_args(p: argparse.ArgumentParser) -> None:
@@ -45,3 +48,64 @@ def add_metrics_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                    help="address the metrics endpoint listens on (default 127.0.0.1; "
                         "0.0.0.0 in containers)")
+
+
+# -- one convention per flag --------------------------------------------------------------------
+# --out        the directory a command writes (a run, a search, a benchmark's results)
+# --image      the one PNG a command writes; --weights the one .pt file
+# --device     auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:N
+# --seed       the training seed (a config key, default 42) and nothing else; the noise a
+#              trained generator is sampled or scored with is --noise-seed (default 0, the
+#              seed every documented score uses)
+# --data-dir   the MNIST folder, on every command that reads MNIST (= --set data_dir=...)
+NOISE_SEED = 0
+DATA_DIR_HELP = "MNIST folder (default: DCGAN_DATA_DIR, else ./data; = --set data_dir=DIR)"
+
+
+class Deprecated(argparse.Action):
+    """An old spelling kept for one release: it works, says what replaces it in one line on
+    stderr, and stays out of the help."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs):
+        self.replacement = replacement
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(f"note: {option_string} is deprecated and goes in the next release; use "
+              f"{self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (default: a GPU if there is one, else the CPU), cpu, cuda, cuda:N")
+
+
+def add_noise_seed_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--noise-seed", type=int, default=NOISE_SEED, metavar="N",
+                   help=f"seed of the noise fed to the generator (default {NOISE_SEED})")
+    p.add_argument("--seed", dest="noise_seed", type=int, action=Deprecated,
+                   replacement="--noise-seed N")
+
+
+def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+
+
+def add_image_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """--image FILE.png (the one file the command writes); --out, its old name."""
+    p.add_argument("--image", metavar="FILE.png", help=f"{what} to write (required)")
+    p.add_argument("--out", dest="image", action=Deprecated, replacement="--image FILE.png")
+
+
+def require(value, flag: str) -> None:
+    if value is None:
+        raise UsageError(f"{flag} is required")
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """--set KEY=VALUE pairs, with --data-dir DIR as the last one (the flag wins)."""
+    data_dir = getattr(args, "data_dir", None)
+    return [*args.overrides, *([f"data_dir={data_dir}"] if data_dir else [])]

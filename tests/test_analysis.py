@@ -58,7 +58,7 @@ def test_moving_average():
 def test_analyze_a_finished_run(finished_run):
     out = finished_run.out
     (out / layout.ANALYSIS_FILE).unlink()
-    proc = run_cli(["analyze", str(out), "--window", "8", "--smooth", "3"])
+    proc = run_cli(["analyze", "--out", str(out), "--window", "8", "--smooth", "3"])
     assert proc.returncode == 0, proc.stderr
     assert "Final Stats (last 8 iterations):" in proc.stdout
     assert (out / layout.ANALYSIS_FILE).exists()
@@ -74,7 +74,7 @@ def test_analyze_a_run_that_is_still_training(tmp_path, data_dir):
     args = tiny_train_args(out, data_dir, epochs=100, checkpoint_every=0)
     with background(args, log) as proc:
         wait_for_text(log, "[Epoch 1] done", proc)  # stats of two epochs are on disk
-        analysis = run_cli(["analyze", str(out)])
+        analysis = run_cli(["analyze", "--out", str(out)])
         still_running = proc.poll() is None
     assert still_running
     assert analysis.returncode == 0, analysis.stderr
@@ -109,6 +109,6 @@ def test_analyze_bad_stats(tmp_path, case, needle):
         stats.write_bytes(b"PAR1 this is not parquet")
     elif case == "not_a_dir":
         run = tmp_path / "missing-run"
-    proc = run_cli(["analyze", str(run)])
+    proc = run_cli(["analyze", "--out", str(run)])
     assert proc.returncode == 1
     assert needle in one_line_error(proc)

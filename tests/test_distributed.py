@@ -118,7 +118,7 @@ def test_two_workers_end_to_end(two_workers, tmp_path, data_dir, ray_head):
     # analyze: the report over the run's own rows, figure and JSON written again.
     for name in (layout.ANALYSIS_FILE, layout.DIAGNOSTICS_FILE):
         (out / name).unlink()
-    analyze = run_cli(["analyze", str(out)])
+    analyze = run_cli(["analyze", "--out", str(out)])
     assert analyze.returncode == 0, analyze.stderr
     assert "Final Stats (last 40 iterations):" in analyze.stdout
     assert "Status Assessment:" in analyze.stdout
@@ -130,7 +130,7 @@ def test_two_workers_end_to_end(two_workers, tmp_path, data_dir, ray_head):
     # sample: the grid and the raw images of the run's final generator, seed for seed.
     png, raw = tmp_path / "s.png", tmp_path / "s.npy"
     proc = run_cli(["sample", "--generator", str(out / layout.GENERATOR_FINAL),
-                    "--out", str(png), "--n", "16", "--nrow", "4", "--seed", "5",
+                    "--image", str(png), "--n", "16", "--nrow", "4", "--noise-seed", "5",
                     "--save-tensor", str(raw)])
     assert proc.returncode == 0, proc.stderr
     from PIL import Image

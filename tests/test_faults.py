@@ -183,7 +183,7 @@ def test_a_second_writer_is_refused_and_readers_are_not(tmp_path, data_dir):
             error = one_line_error(refused)
             assert f"is in use by dcgan train (pid {proc.pid} on host" in error, error
         # Readers take no lock.
-        analyzed = run_cli(["analyze", str(run)])
+        analyzed = run_cli(["analyze", "--out", str(run)])
         assert analyzed.returncode == 0, analyzed.stderr
         assert proc.poll() is None  # the writer was never disturbed
         os.killpg(proc.pid, signal.SIGTERM)
@@ -256,7 +256,7 @@ def test_an_out_path_that_cannot_be_created(command, where, needle, not_a_dir, d
     (["sample", "--n", "64000000"], "--n: must be at most 10,000"),
     (["interpolate", "--steps", "100000"], "--steps: must be at most 100"),
     (["evaluate", "--n", "10000000"], "--n: must be at most 100,000"),
-    (["sample", "--out", "/proc/grid.png"], "cannot write in /proc"),
+    (["sample", "--image", "/proc/grid.png"], "cannot write in /proc"),
     (["sample", "--save-tensor", "/proc/x.pt"], "cannot write in /proc"),
     (["interpolate", "--gif", "/proc/walk.gif"], "cannot write in /proc"),
     (["evaluate", "--json", "/proc/q.json"], "cannot write in /proc"),
@@ -266,7 +266,7 @@ def test_sizes_and_output_files_of_the_generator_tools(args, needle, tmp_path):
     if args[0] == "evaluate":
         base = ["evaluate", "--generator", str(generator)]
     else:
-        base = [args[0], "--generator", str(generator), "--out", str(tmp_path / "o.png")]
+        base = [args[0], "--generator", str(generator), "--image", str(tmp_path / "o.png")]
     proc = run_cli([*base, *args[1:]], timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert needle in one_line_error(proc)

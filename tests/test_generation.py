@@ -15,8 +15,8 @@ from .conftest import one_line_error, run_cli
 
 def test_sample_grid_and_raw_tensors(finished_run, tmp_path):
     gen = finished_run.out / layout.GENERATOR_FINAL
-    proc = run_cli(["sample", "--generator", str(gen), "--out", str(tmp_path / "s.png"),
-                    "--n", "10", "--nrow", "5", "--seed", "3",
+    proc = run_cli(["sample", "--generator", str(gen), "--image", str(tmp_path / "s.png"),
+                    "--n", "10", "--nrow", "5", "--noise-seed", "3",
                     "--save-tensor", str(tmp_path / "s.npy")])
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "s.png").size == (5 * 30 + 2, 2 * 30 + 2)
@@ -24,15 +24,15 @@ def test_sample_grid_and_raw_tensors(finished_run, tmp_path):
     assert arr.shape == (10, 1, 28, 28) and arr.min() >= -1 and arr.max() <= 1
     # The same seed gives the same images, from the full checkpoint too.
     state = sorted((finished_run.out / "checkpoints").glob("*.pt"))[-1]
-    proc = run_cli(["sample", "--generator", str(state), "--out", str(tmp_path / "t.png"),
-                    "--n", "10", "--seed", "3", "--save-tensor", str(tmp_path / "t.pt")])
+    proc = run_cli(["sample", "--generator", str(state), "--image", str(tmp_path / "t.png"),
+                    "--n", "10", "--noise-seed", "3", "--save-tensor", str(tmp_path / "t.pt")])
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(torch.load(tmp_path / "t.pt", weights_only=True).numpy(), arr)
 
 
 def test_interpolate_grid_and_gif(finished_run, tmp_path):
     gen = finished_run.out / layout.GENERATOR_FINAL
-    proc = run_cli(["interpolate", "--generator", str(gen), "--out", str(tmp_path / "i.png"),
+    proc = run_cli(["interpolate", "--generator", str(gen), "--image", str(tmp_path / "i.png"),
                     "--steps", "6", "--pairs", "3", "--mode", "lerp",
                     "--gif", str(tmp_path / "i.gif")])
     assert proc.returncode == 0, proc.stderr
@@ -85,7 +85,7 @@ def test_sample_bad_input_is_one_line(finished_run, tmp_path, args, code, needle
     disc = finished_run.out / layout.DISCRIMINATOR_FINAL
     gen = finished_run.out / layout.GENERATOR_FINAL
     target = disc if not args else gen
-    proc = run_cli(["sample", "--generator", str(target), "--out", str(tmp_path / "x.png"),
+    proc = run_cli(["sample", "--generator", str(target), "--image", str(tmp_path / "x.png"),
                     *args])
     assert proc.returncode == code
     assert needle in one_line_error(proc)
@@ -94,9 +94,9 @@ def test_sample_bad_input_is_one_line(finished_run, tmp_path, args, code, needle
 
 def test_interpolate_bad_input(finished_run, tmp_path):
     gen = finished_run.out / layout.GENERATOR_FINAL
-    proc = run_cli(["interpolate", "--generator", str(gen), "--out", str(tmp_path / "x.png"),
+    proc = run_cli(["interpolate", "--generator", str(gen), "--image", str(tmp_path / "x.png"),
                     "--steps", "1"])
     assert proc.returncode == 2 and "--steps must be >= 2" in one_line_error(proc)
     proc = run_cli(["interpolate", "--generator", str(tmp_path / "missing.pth"),
-                    "--out", str(tmp_path / "x.png")])
+                    "--image", str(tmp_path / "x.png")])
     assert proc.returncode == 1 and "does not exist" in one_line_error(proc)

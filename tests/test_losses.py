@@ -264,7 +264,7 @@ def test_local_run_bf16_and_bit_exact_resume(tmp_path, data_dir, loss):
     assert diag["loss"] == loss
     assert (straight / layout.ANALYSIS_FILE).stat().st_size > 10_000
     # analyze reads the run's saved config, so it judges the run by the same loss.
-    analyzed = run_cli(["analyze", str(straight)])
+    analyzed = run_cli(["analyze", "--out", str(straight)])
     assert analyzed.returncode == 0, analyzed.stderr
     assert f"Loss: {loss}" in analyzed.stdout
 

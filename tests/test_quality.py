@@ -185,14 +185,14 @@ def test_training_records_quality(finished_run):
     assert (out / layout.QUALITY_FILE).stat().st_size > 10_000  # FID/IS by step and time
     for name in (layout.BEST_GENERATOR, layout.GENERATOR_EMA_FINAL):
         assert run_cli(["sample", "--generator", str(out / name), "--n", "16",
-                        "--out", str(out.parent / f"{name}.png")]).returncode == 0
+                        "--image", str(out.parent / f"{name}.png")]).returncode == 0
 
 
 def test_classifier_train_never_writes_over_the_packaged_weights(tmp_path):
     from dcgan.classifier import WEIGHTS_PATH
 
     before = WEIGHTS_PATH.read_bytes()
-    proc = run_cli(["classifier", "train", "--out", str(WEIGHTS_PATH), "--epochs", "1"])
+    proc = run_cli(["classifier", "train", "--weights", str(WEIGHTS_PATH), "--epochs", "1"])
     assert proc.returncode == 2
     assert "is the packaged classifier" in one_line_error(proc)
     assert WEIGHTS_PATH.read_bytes() == before

@@ -273,7 +273,7 @@ def test_search_end_to_end(search, tmp_path, data_dir):
     # its average, kept in its last checkpoint), sample for sample.
     raw = tmp_path / "best.npy"
     proc = run_cli(["sample", "--generator", str(out / "best_generator.pth"),
-                    "--out", str(tmp_path / "best.png"), "--n", "8", "--save-tensor", str(raw)])
+                    "--image", str(tmp_path / "best.png"), "--n", "8", "--save-tensor", str(raw)])
     assert proc.returncode == 0, proc.stderr
     from dcgan.checkpoint import load_state, save_torch
     from dcgan.generation import load_generator, sample

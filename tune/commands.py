@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import add_config_args, add_metrics_args
+from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         space_file=args.space,
         address=args.address, resume=args.resume, config_path=args.config,
-        overrides=tuple(args.overrides), use_gpu=resolve_use_gpu(args.use_gpu),
+        overrides=tuple(config_overrides(args)), use_gpu=resolve_use_gpu(args.use_gpu),
         metrics_host=args.metrics_host, metrics_port=args.metrics_port))
     return 0
 

@@ -559,7 +559,7 @@ def check_artifacts_on_host(storage: Path, work: Path) -> None:
     check(bool(checkpoints), f"no Ray Train checkpoint in {storage / 'ray' / 'image-test'}")
 
     dcgan = str(BIN / "dcgan")
-    analyze = run([dcgan, "analyze", str(run_dir)], 300)
+    analyze = run([dcgan, "analyze", "--out", str(run_dir)], 300)
     check(analyze.returncode == 0, f"dcgan analyze failed: {tail(analyze)}")
     diag = json.loads((run_dir / "dcgan_diagnostics.json").read_text())
     # 640 images / 32 per batch = 20 global steps, split over 2 workers.
@@ -572,7 +572,7 @@ def check_artifacts_on_host(storage: Path, work: Path) -> None:
 
     samples = work / "samples.png"
     sample = run([dcgan, "sample", "--generator", str(run_dir / "dcgan_generator_final.pth"),
-                  "--out", str(samples), "--n", "64", "--nrow", "8"], 300)
+                  "--image", str(samples), "--n", "64", "--nrow", "8"], 300)
     check(sample.returncode == 0, f"dcgan sample failed: {tail(sample)}")
     from PIL import Image, ImageStat
 

@@ -49,7 +49,7 @@ train-distributed tune: export RAY_AUTH_MODE := token
 train-distributed tune: export RAY_AUTH_TOKEN := $(RAY_AUTH_TOKEN)
 endif
 
-.PHONY: install train train-distributed tune smoke test test-fast lint bench bench-gpu bench-quality monitor prometheus \
+.PHONY: install train train-distributed tune smoke test test-fast lint bench bench-gpu bench-quality monitor prometheus dashboard \
 	cluster-token cluster-up cluster-down clean
 
 install: $(STAMP)
@@ -182,3 +182,8 @@ image-test: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+
+# The Grafana dashboard, generated with Grafana's typed builders (grafana-foundation-sdk) into
+# cluster/grafana/dashboards/dcgan-training.json; a test fails when the two differ.
+dashboard: install
+	$(BIN)/python -m dcgan_cluster.dashboard

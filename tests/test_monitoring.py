@@ -399,3 +399,11 @@ def test_dashboard_queries_return_data_from_a_real_prometheus(tmp_path, data_dir
         assert any(t["labels"]["job"] == "dcgan" and t["health"] == "up" for t in targets)
         os.killpg(train.pid, signal.SIGTERM)
         assert train.wait(timeout=HANG_GUARD_S) == 143
+
+
+def test_the_dashboard_is_the_generators_output():
+    """cluster/grafana/dashboards/dcgan-training.json is what cluster/dashboard.py builds with
+    Grafana's own builders (grafana-foundation-sdk): `make dashboard` after a change."""
+    from dcgan_cluster.dashboard import render
+
+    assert DASHBOARD.read_text() == render(), "run: make dashboard"

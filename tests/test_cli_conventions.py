@@ -1,4 +1,4 @@
-"""One convention per flag across the subcommands (README, "Commands"): --out is the
+"""One convention per flag across the subcommands (docs/reference.md): --out is the
 directory a command writes or reads as its run, --image the one PNG, --weights the one .pt,
 --device defaults to auto, --noise-seed is the sampling noise and --seed only the training
 seed, --data-dir works wherever MNIST is read. Old spellings work for one release with a

@@ -1,0 +1,89 @@
+"""Docs that cannot drift: a headline figure in README.md or docs/ is tagged with the results
+file it comes from, ``17.26<!-- fig: losses-3000-steps.json runs.0.fid -->`` (the comment
+is invisible when rendered), and this test reads every tagged figure and compares it with
+that file in docs/results/, at the precision the text shows. Figures without a results file
+name the command and date that made them instead."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+TAG = re.compile(r"(-?[\d,]*\d(?:\.\d+)?)\**\s*<!--\s*fig:\s*(\S+)\s+(\S+)\s*-->", re.S)
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def tagged() -> list[tuple[str, str, str, str]]:
+    found = []
+    for page in pages():
+        for shown, file, path in TAG.findall(page.read_text()):
+            found.append((page.name, shown, file, path))
+    return found
+
+
+def lookup(data, path: str):
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def test_the_front_page_shows_its_figures_from_results_files():
+    readme = [t for t in tagged() if t[0] == "README.md"]
+    assert len(readme) >= 5, readme
+    assert (ROOT / "docs" / "images" / "digits.png").is_file()
+    assert "docs/images/digits.png" in (ROOT / "README.md").read_text()
+
+
+def test_the_front_page_is_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, len(lines)
+
+
+@pytest.mark.parametrize("page, shown, file, path", tagged())
+def test_a_tagged_figure_equals_its_results_file(page, shown, file, path):
+    source = RESULTS / file
+    assert source.is_file(), f"{page}: {file} is not in docs/results/"
+    value = lookup(json.loads(source.read_text()), path)
+    digits = len(shown.split(".")[1]) if "." in shown else 0
+    number = float(shown.replace(",", ""))
+    assert round(float(value), digits) == pytest.approx(number, abs=10 ** -(digits + 3)), (
+        f"{page} shows {shown} for {file} {path}, which holds {value}")
+
+
+def test_the_tag_reader_reads_what_it_should(tmp_path):
+    text = "FID **7.96**<!-- fig: a.json x.0.fid --> and 5,530<!--\n fig: a.json y -->"
+    assert TAG.findall(text) == [("7.96", "a.json", "x.0.fid"), ("5,530", "a.json", "y")]
+    assert lookup({"x": [{"fid": 7.96}]}, "x.0.fid") == 7.96
+
+
+def _named(doc: str, items: list[str]) -> list[str]:
+    text = (ROOT / "docs" / doc).read_text()
+    return [item for item in items if item not in text]
+
+
+def test_every_module_is_in_the_architecture_page():
+    modules = []
+    for folder in ("dcgan", "cluster", "tune", "benchmarks"):
+        modules += [p.name for p in sorted((ROOT / folder).rglob("*.py"))
+                    if p.name != "__init__.py"]
+    assert _named("architecture.md", modules) == []
+
+
+def test_every_test_file_is_in_the_testing_page():
+    files = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))]
+    assert _named("testing.md", files) == []
+
+
+def test_every_exported_metric_is_in_the_monitoring_page():
+    from dcgan.monitoring import MetricsExporter
+
+    names = sorted({m.name for m in MetricsExporter("r", "local", {}).registry.collect()})
+    assert names and _named("monitoring.md", names) == []

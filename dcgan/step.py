@@ -38,6 +38,11 @@ class GANParts:
     # False on the critic-only iterations of ``critic_steps`` > 1: D updates, G does not.
     update_g: bool = True
 
+    @property
+    def label_smoothing(self) -> float | None:
+        """The smoothing the step's loss applies (None for a loss without one)."""
+        return getattr(self.loss, "label_smoothing", None)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES[self.precision]
         if dtype is None:

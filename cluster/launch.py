@@ -56,8 +56,8 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     name = name or run_dir.name
-    storage = check_storage(storage or str(run_dir / RAY_STORAGE_DIR))
-    experiment = _local_experiment(storage, name)
+    storage = storage or str(run_dir / RAY_STORAGE_DIR)
+    experiment = _local_experiment(storage, name)  # read only: nothing is created before Ray
     if not resume and not overwrite and experiment is not None and any(
             experiment.glob("checkpoint_*")):
         raise RunDirError(f"{storage} already holds checkpoints of run {name}; pass --resume "
@@ -69,9 +69,10 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
         if saved is None:
             raise RunDirError(f"nothing to resume: {run_dir} holds no {CONFIG_FILE}")
         cfg: TrainConfig = resume_config(saved, config_path, overrides or [])
+        # Locked keys refused here, in a second, not on the workers. Against the saved
+        # config.yaml: it holds the global batch (a state holds one worker's share).
+        check_locked_keys(saved, cfg, str(run_dir / CONFIG_FILE))
         state = _latest_state(experiment)
-        if state is not None:  # locked keys refused here, in a second, not on the workers
-            check_locked_keys(state[1]["config"], cfg, state[0])
         changes = config_changes(saved, cfg)
     else:
         cfg = load_config(config_path, overrides or [])
@@ -87,6 +88,7 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
         cpus_per_worker = 1.0 if address else float(max(1, (os.cpu_count() or 1) // workers))
     if cpus_per_worker <= 0:
         raise ConfigError("--cpus-per-worker", f"must be > 0 (got {cpus_per_worker})")
+    storage = check_storage(storage)
     plan = DistributedRun(cfg=cfg, run_dir=run_dir, workers=workers, gpu=gpu,
                           address=address, storage=storage, name=name,
                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,

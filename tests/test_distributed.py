@@ -453,3 +453,21 @@ def test_each_loss_trains_distributed(tmp_path, data_dir, ray_head, loss):
     assert diag["loss"] == loss
     assert TrainConfig(**load_state(sorted((out / "ray" / "run").glob(
         "checkpoint_*/state.pt"))[-1])["config"]).loss == loss
+
+
+def test_resume_with_a_locked_key_changed_is_refused_before_ray(tmp_path, data_dir, ray_head):
+    """--resume takes the run's saved config.yaml (the global batch); a locked key changed on
+    the command line is refused in one line, before Ray is imported, the run untouched."""
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = TrainConfig(**{**SMALL, "data_dir": data_dir})
+    (out / layout.CONFIG_FILE).write_text(yaml.safe_dump(saved.to_dict(), sort_keys=False))
+    before = (out / layout.CONFIG_FILE).read_bytes()
+    proc = run_before_ray([*dist_args(out, data_dir, ray_head.address, seed=7), "--resume"],
+                          env=ray_head.env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "was trained with seed=42; it cannot be resumed with seed=7" in one_line_error(proc)
+    assert (out / layout.CONFIG_FILE).read_bytes() == before
+    fresh = run_before_ray(dist_args(out, data_dir, ray_head.address), env=ray_head.env,
+                           timeout=120)
+    assert fresh.returncode == 2 and "pass --resume" in one_line_error(fresh)

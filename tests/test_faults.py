@@ -335,11 +335,13 @@ def test_an_address_that_is_not_a_ray_cluster(kind, needle, command, tmp_path, d
 def test_metrics_port_taken_between_the_check_and_the_bind(tmp_path, data_dir, monkeypatch):
     """The port is free when checked, taken when bound: a one-line error, and the run
     directory untouched."""
+    import dcgan.prepare
     import dcgan.run
     from dcgan.errors import DCGANError
 
     port = free_port()
-    monkeypatch.setattr(dcgan.run, "check_metrics_args", lambda host, p: None)  # passed
+    # Every driver's preparation (dcgan.prepare) checks the port first: passed here.
+    monkeypatch.setattr(dcgan.prepare, "check_metrics_args", lambda host, p: None)
     taker = socket.socket()
     taker.bind(("127.0.0.1", port))
     taker.listen(1)

@@ -18,7 +18,6 @@ from dcgan.errors import ConfigError, RunDirError, first_line
 from dcgan.layout import CONFIG_FILE, RAY_STATE_FILE, RAY_STORAGE_DIR
 from dcgan.prepare import (
     MetricsAddress,
-    check_request,
     check_target,
     config_changes,
     holding,
@@ -51,8 +50,7 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     replaced only with ``overwrite``, as in ``dcgan train``."""
     started_at = time.time()
     metrics = MetricsAddress(metrics_host, metrics_port)
-    run_dir = check_target(Path(run_dir).resolve(), metrics)
-    check_request(run_dir, resume, overwrite)
+    run_dir = check_target(Path(run_dir).resolve(), metrics, request=(resume, overwrite))
     if workers < 1:
         raise ConfigError("--workers", f"must be >= 1 (got {workers})")
     name = name or run_dir.name

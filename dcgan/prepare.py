@@ -48,10 +48,13 @@ class MetricsAddress:
 
 
 def check_target(out: str | Path, metrics: MetricsAddress = MetricsAddress(),
-                 flag: str = "--out") -> Path:
-    """The checks every driver makes on the directory it writes and on its metrics port."""
+                 flag: str = "--out", request: tuple[bool, bool] | None = None) -> Path:
+    """The checks every driver makes on the directory it writes and on its metrics port;
+    ``request`` (resume, overwrite): also the resume convention (``check_request``)."""
     path = Path(out)
     check_unlocked(path)  # first: say who is writing it, before anything else about it
+    if request is not None:
+        check_request(path, *request)
     check_writable_dir(path, flag)
     check_metrics_args(metrics.host, metrics.port)
     return path

@@ -22,7 +22,6 @@ from dcgan.errors import NonFiniteLossError
 from dcgan.monitoring import MetricsExporter
 from dcgan.prepare import (
     MetricsAddress,
-    check_request,
     check_target,
     config_changes,
     holding,
@@ -60,8 +59,8 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 metrics_host: str = "127.0.0.1", metrics_port: int = 0,
                 callbacks: Sequence[Callback] = ()) -> tuple[Trainer, Outcome]:
     """``callbacks`` run before the mode's own (a benchmark's stop rule, say)."""
-    run_dir = check_target(run_dir, MetricsAddress(metrics_host, metrics_port))
-    check_request(run_dir, resume, overwrite)
+    run_dir = check_target(run_dir, MetricsAddress(metrics_host, metrics_port),
+                           request=(resume, overwrite))
 
     restore: tuple[str, dict[str, Any]] | None = None
     changes: dict[str, list[Any]] = {}

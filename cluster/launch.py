@@ -13,17 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcgan.checkpoint import load_state
-from dcgan.config import TrainConfig, load_config
+from dcgan.config import TrainConfig
 from dcgan.errors import ConfigError, RunDirError, first_line
 from dcgan.layout import CONFIG_FILE, RAY_STATE_FILE, RAY_STORAGE_DIR
 from dcgan.prepare import (
     MetricsAddress,
     check_target,
-    config_changes,
     holding,
     record_changes,
     remove_artifacts,
-    resume_config,
+    request_config,
     saved_config,
 )
 from dcgan.trainer import check_locked_keys
@@ -60,20 +59,17 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
             experiment.glob("checkpoint_*")):
         raise RunDirError(f"{storage} already holds checkpoints of run {name}; pass --resume "
                           "to continue it, --overwrite to replace it, or another --name")
-    changes: dict = {}
-    state = None
+    saved, state = None, None
     if resume:
         saved = saved_config(run_dir)
         if saved is None:
             raise RunDirError(f"nothing to resume: {run_dir} holds no {CONFIG_FILE}")
-        cfg: TrainConfig = resume_config(saved, config_path, overrides or [])
+    cfg, changes = request_config(saved, config_path, overrides or [])
+    if saved is not None:
         # Locked keys refused here, in a second, not on the workers. Against the saved
         # config.yaml: it holds the global batch (a state holds one worker's share).
         check_locked_keys(saved, cfg, str(run_dir / CONFIG_FILE))
         state = _latest_state(experiment)
-        changes = config_changes(saved, cfg)
-    else:
-        cfg = load_config(config_path, overrides or [])
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError("device", "distributed mode places workers itself: use auto, cpu or "
                                     "cuda (or --use-gpu)")

@@ -111,10 +111,12 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
                           ) from None
 
 
-def resume_config(saved: dict[str, Any], config_path: str | Path | None,
-                  overrides: list[str]) -> TrainConfig:
-    """A resumed run's config: what it was trained with, then --config, then --set."""
-    return load_config(config_path, overrides, base=saved)
+def request_config(saved: dict[str, Any] | None, config_path: str | Path | None,
+                   overrides: list[str]) -> tuple[TrainConfig, dict[str, list[Any]]]:
+    """The config a run trains with and what it changes: a fresh run's is defaults < --config
+    < --set; a resumed run's (``saved``: what it was trained with) starts from ``saved``."""
+    cfg = load_config(config_path, overrides, base=saved)
+    return cfg, (config_changes(saved, cfg) if saved is not None else {})
 
 
 def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, list[Any]]:

@@ -16,18 +16,17 @@ from typing import Any
 from dcgan.assembly import assemble
 from dcgan.callbacks import ProgressBar
 from dcgan.checkpoint import LocalStore, list_states, load_latest_state
-from dcgan.config import TrainConfig, load_config
+from dcgan.config import TrainConfig
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError
 from dcgan.monitoring import MetricsExporter
 from dcgan.prepare import (
     MetricsAddress,
     check_target,
-    config_changes,
     holding,
     record_changes,
     remove_artifacts,
-    resume_config,
+    request_config,
 )
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Outcome, Trainer
@@ -63,14 +62,11 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                            request=(resume, overwrite))
 
     restore: tuple[str, dict[str, Any]] | None = None
-    changes: dict[str, list[Any]] = {}
     if resume:
         state_file, state = load_latest_state(run_dir)
         restore = (str(state_file), state)
-        cfg = resume_config(state["config"], config_path, list(overrides))
-        changes = config_changes(state["config"], cfg)
-    else:
-        cfg = load_config(config_path, list(overrides))
+    cfg, changes = request_config(restore[1]["config"] if restore else None, config_path,
+                                  list(overrides))
     device = resolve_device(cfg)
 
     bar = ProgressBar(progress)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from dcgan.diagnostics import health_by_epoch
 from dcgan.errors import ConfigError
 from dcgan.layout import BEST_GENERATOR, BEST_INFO
 from dcgan.stats import best_overall
@@ -72,11 +73,17 @@ def bench_one(name: str, config: str, out: Path, *, overrides: list[str],
     wall = time.perf_counter() - started
     evals = trainer.stats.evals
     best_info = json.loads((run / BEST_INFO).read_text()) if evals else None
+    health = health_by_epoch(trainer.stats.columns, trainer.loss.profile)
     result = {"config": name, "run": run.name, "file": config, "seed": trainer.cfg.seed,
               "loss": trainer.cfg.loss, "outcome": str(outcome), "steps": trainer.step,
               "epochs": round(trainer.step / trainer.batches_per_epoch, 3),
               "training_s": round(trainer.elapsed(), 1), "wall_s": round(wall, 1),
-              "evaluations": evals, "best": best_info, "final": None}
+              "evaluations": evals, "best": best_info, "final": None,
+              # The product's own status assessment at every epoch end: the whole run's
+              # health, not only its last window's.
+              "healthy_at_end": bool(health) and health[-1]["healthy"],
+              "healthy_epochs": sum(h["healthy"] for h in health), "health": health,
+              "balance_changes": trainer.balance.log if trainer.balance is not None else []}
     for generator in ("raw", "ema"):
         rows = [r for r in evals if r.get("generator", "raw") == generator]
         result[f"best_{generator}"] = best_overall(rows)
@@ -170,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
     gpu = torch.cuda.is_available() and args.budget_minutes is None
     budget_s = None if gpu or steps else 60 * (args.budget_minutes or 30)
     overrides = [f"data_dir={args.data_dir}"] if args.data_dir else []
+    # The run's own choice of its best generator rescores its best evaluations at the final N.
+    overrides.append(f"rescore_samples={args.final_samples}")
     overrides += list(args.overrides) + (["max_steps=0"] if budget_s else [])
     if budget_s or steps:  # the budget decides when to stop, not the epochs
         overrides.append("epochs=1000")

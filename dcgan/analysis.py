@@ -33,6 +33,22 @@ def default_smoothing(n_rows: int) -> int:
     return int(min(100, max(1, n_rows // 20)))
 
 
+def _rates_axis(ax, steps: np.ndarray, columns: Mapping[str, Sequence]) -> None:
+    """D's and G's learning rates on a right-hand axis, when a schedule or the balance
+    controller changed them during the run (stats from before the rate columns have none)."""
+    rates = {name: np.asarray(columns.get(name, []), dtype=float) for name in ("g_lr", "d_lr")}
+    if any(len(r) != len(steps) or not np.isfinite(r).any() for r in rates.values()):
+        return
+    if all(np.nanmax(r) == np.nanmin(r) for r in rates.values()):
+        return  # constant rates: nothing to show
+    right = ax.twinx()
+    right.plot(steps, rates["d_lr"], color=D_COLOR, lw=1, ls="-.", label="D learning rate")
+    right.plot(steps, rates["g_lr"], color=G_COLOR, lw=1, ls=":", label="G learning rate")
+    right.set_ylim(0, 1.05 * max(float(np.nanmax(r)) for r in rates.values()))
+    right.set_ylabel("learning rate (auto-balance, decay)")
+    right.legend(loc="lower right", fontsize=8)
+
+
 def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int | None = None,
                  title: str = "DCGAN training analysis"):
     """Return the matplotlib Figure (6 panels, titles, axis labels, legends)."""
@@ -78,6 +94,7 @@ def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int |
                       label=f"{100 * lo:.0f}-{100 * hi:.0f}% (healthy)")
     ax[2].set_ylim(0, 100)
     ax[2].set_ylabel(f"accuracy (%), moving average of {k}")
+    _rates_axis(ax[2], steps, columns)
 
     ratio = moving_average(g_loss, k) / np.maximum(moving_average(d_loss, k), 1e-12)
     ax[3].plot(steps, ratio, color="tab:purple", lw=1.4, label="G loss / D loss")

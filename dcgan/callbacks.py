@@ -7,6 +7,7 @@ workers other than rank 0, and search trials, pick none of the file writers).
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -69,6 +70,13 @@ class ConsoleLogger(Callback):
         for row in rows:
             if row["batch"] % trainer.cfg.log_every == 0:
                 self.write(log_line(row, trainer.batches_per_epoch))
+
+    def on_balance(self, trainer: Trainer, change: dict) -> None:
+        side = "lowered" if change["to"] < change["from"] else "raised"
+        self.write(f"[Step {change['step']}] auto-balance: D accuracy real "
+                   f"{100 * change['real_acc']:.1f}%, fake {100 * change['fake_acc']:.1f}%; "
+                   f"D's learning rate {side} to {change['to']:.3g} x d_lr "
+                   f"({trainer.cfg.d_lr * change['to']:.3g})")
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         seconds = time.perf_counter() - self._epoch_t0
@@ -235,6 +243,18 @@ def record_quality(trainer: Trainer, meter) -> list[tuple[dict, torch.nn.Module]
     return new
 
 
+def keep_candidates(trainer: Trainer, new: list[tuple[dict, torch.nn.Module]]) -> None:
+    """Keep the ``rescore_top`` lowest-FID evaluations of the run with their weights."""
+    keep = max(trainer.cfg.rescore_top, 1)
+    pool = trainer.candidates
+    for row, generator in new:
+        worst = max((c["row"]["fid"] for c in pool), default=float("inf"))
+        if len(pool) < keep or row["fid"] < worst:
+            pool.append({"row": dict(row), "weights": _state_cpu(generator)})
+            pool.sort(key=lambda c: c["row"]["fid"])
+            del pool[keep:]
+
+
 class QualityEvaluator(Callback):
     """FID, IS and class coverage of ``eval_samples`` images of G and of its moving average,
     kept with the stats (and so in checkpoints): every ``eval_every`` epochs and at the end,
@@ -244,7 +264,9 @@ class QualityEvaluator(Callback):
     Whenever either generator scores the lowest FID of the run so far, its weights become
     ``trainer.best_generator`` (kept in the full state). With a ``run_dir`` the evaluations
     are also written to ``EVAL_FILE`` and the best generator to ``BEST_GENERATOR`` (a plain
-    state dict) with ``BEST_INFO`` beside it."""
+    state dict) with ``BEST_INFO`` beside it. When a run with a ``run_dir`` completes, its
+    ``rescore_top`` best evaluations are scored again with ``rescore_samples`` images, and
+    the best of those becomes the best generator (``BEST_INFO`` lists them all)."""
 
     def __init__(self, meter, run_dir: Path | None = None,
                  write: Callable[[str], None] | None = None, every_steps: int = 0):
@@ -260,6 +282,7 @@ class QualityEvaluator(Callback):
         improved = before is None or row["fid"] < before["fid"]
         if improved:
             trainer.best_generator = _state_cpu(generator)
+        keep_candidates(trainer, new)
         if self.run_dir is not None:
             write_evals_parquet(trainer.stats.evals, self.run_dir / EVAL_FILE)
             if improved:
@@ -270,12 +293,45 @@ class QualityEvaluator(Callback):
                 self.write(f"[Epoch {trainer.epoch}] quality of {label} ({row['n']} samples): "
                            f"{quality_summary(row)}")
 
-    def _save_best(self, row: dict, weights: dict[str, torch.Tensor]) -> None:
+    def rescore(self, trainer: Trainer) -> None:
+        """Score the few best-evaluated generators again with ``rescore_samples`` images
+        (fresh noise, not the evaluations'): at ``eval_samples`` images the ranking of close
+        candidates is noise. The winner becomes the run's best generator."""
+        cfg, candidates = trainer.cfg, trainer.candidates
+        if cfg.rescore_top < 2 or len(candidates) < 2:
+            return
+        generator = copy.deepcopy(trainer.generator)
+        scored = []
+        for candidate in candidates:
+            generator.load_state_dict(candidate["weights"])
+            quality = self.meter.measure(sample(generator, cfg.rescore_samples,
+                                                derive_seed(cfg.seed, "rescore")))
+            scored.append((quality.to_dict(), candidate))
+        (quality, winner) = min(scored, key=lambda pair: pair[0]["fid"])
+        trainer.best_generator = winner["weights"]
+        rescored = [{"step": c["row"]["step"], "generator": c["row"]["generator"],
+                     "eval_fid": c["row"]["fid"], "fid": q["fid"],
+                     "inception_score": q["inception_score"], "n": q["n"]}
+                    for q, c in scored]
+        if self.run_dir is not None:
+            self._save_best(winner["row"], winner["weights"],
+                            {"rescored": rescored, "rescore_samples": cfg.rescore_samples,
+                             "rescored_fid": quality["fid"],
+                             "rescored_inception_score": quality["inception_score"]})
+        if self.write is not None:
+            label = "EMA G" if winner["row"]["generator"] == "ema" else "G"
+            self.write(f"Best generator: {label} of step {winner['row']['step']}, chosen from "
+                       f"the {len(scored)} best evaluations rescored with "
+                       f"{cfg.rescore_samples:,} samples: {quality_summary(quality)}")
+
+    def _save_best(self, row: dict, weights: dict[str, torch.Tensor],
+                   extra: dict | None = None) -> None:
         save_torch(weights, self.run_dir / BEST_GENERATOR)
         keys = ("step", "epoch", "generator", "fid", "inception_score", "classes_covered",
                 "largest_class_fraction", "mean_confidence", "n")
         info = {k: row[k] for k in keys if k in row} | {"eval_samples": row.get("n")}
-        atomic_write_text(self.run_dir / BEST_INFO, json.dumps(info, indent=2) + "\n")
+        atomic_write_text(self.run_dir / BEST_INFO,
+                          json.dumps(info | (extra or {}), indent=2) + "\n")
 
     def on_step_end(self, trainer: Trainer) -> None:
         every = self.every_steps
@@ -289,8 +345,10 @@ class QualityEvaluator(Callback):
             self.evaluate(trainer)
 
     def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
-        if outcome is Outcome.COMPLETED and trainer.cfg.eval_every:
+        if outcome is Outcome.COMPLETED and (trainer.cfg.eval_every or self.every_steps):
             self.evaluate(trainer)
+            if self.run_dir is not None:  # a search trial ranks by its evaluations
+                self.rescore(trainer)
 
 
 class StatsWriter(Callback):

@@ -18,7 +18,7 @@ import yaml
 
 from dcgan.ema import DECAY_RULE, valid_decay
 from dcgan.errors import ConfigError
-from dcgan.losses import LOSSES, loss_defaults
+from dcgan.losses import LOSSES, build_loss, loss_defaults
 
 DATA_DIR_ENV = "DCGAN_DATA_DIR"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -77,6 +77,14 @@ class TrainConfig:
     ema_decay: float = 0.999  # moving average of G's weights, scored beside G (0 = off)
     eval_every: int = 1  # evaluate every N epochs and at the end (0 = off)
     eval_samples: int = 2000  # generated images per evaluation (129-100,000; FID needs > 128)
+    rescore_top: int = 3  # at the end, rescore the N best-evaluated generators (0/1 = off)
+    rescore_samples: int = 10000  # ... each with this many images, and keep the best
+    # Learning-rate schedules (dcgan.schedule), off by default: the seed's rates are constant.
+    lr_decay: float = 0.0  # decay both rates linearly over this last fraction of the steps
+    lr_decay_final: float = 0.1  # ... down to this fraction of their value at the last step
+    auto_balance: bool = False  # lower D's rate while D's accuracy is above its band
+    balance_every: int = 200  # steps between two balance decisions
+    balance_floor: float = 0.1  # D's rate never falls below this fraction of d_lr
     # Distributed mode (dcgan train-distributed); ignored by local runs.
     sync_batchnorm: Tristate = "auto"  # auto (on for GPU workers), true, false
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
@@ -96,7 +104,8 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "Tristate": Tristate}
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "Tristate": Tristate,
+                           "bool": bool}
 
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -108,6 +117,8 @@ def _check_type(key: str, want: type, value: Any) -> None:
     if want is float:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         _require(number and math.isfinite(value), key, "must be a finite number", value)
+    elif want is bool:
+        _require(isinstance(value, bool), key, "must be true or false", value)
     elif want is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, "must be an integer",
                  value)
@@ -126,13 +137,21 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "latent_dim", "log_every"):
         _require(getattr(cfg, key) >= 1, key, "must be >= 1", getattr(cfg, key))
     for key in ("sample_every", "checkpoint_every", "checkpoint_every_steps", "train_subset",
-                "max_steps", "seed", "eval_every", "max_failures"):
+                "max_steps", "seed", "eval_every", "max_failures", "rescore_top"):
         _require(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
     # FID's 128-d feature covariance needs more samples than dimensions (dcgan.quality);
     # the upper bounds keep a typo's extra zeros from filling the machine's memory.
     _require(cfg.eval_samples >= 129, "eval_samples", "must be >= 129", cfg.eval_samples)
     _require(cfg.eval_samples <= MAX_EVAL_SAMPLES, "eval_samples",
              f"must be <= {MAX_EVAL_SAMPLES}", cfg.eval_samples)
+    _require(129 <= cfg.rescore_samples <= MAX_EVAL_SAMPLES, "rescore_samples",
+             f"must be in 129-{MAX_EVAL_SAMPLES}", cfg.rescore_samples)
+    _require(0 <= cfg.lr_decay <= 1, "lr_decay", "must be in [0, 1]", cfg.lr_decay)
+    _require(0 <= cfg.lr_decay_final <= 1, "lr_decay_final", "must be in [0, 1]",
+             cfg.lr_decay_final)
+    _require(cfg.balance_every >= 1, "balance_every", "must be >= 1", cfg.balance_every)
+    _require(0 < cfg.balance_floor <= 1, "balance_floor", "must be in (0, 1]",
+             cfg.balance_floor)
     _require(cfg.latent_dim <= MAX_LATENT_DIM, "latent_dim",
              f"must be <= {MAX_LATENT_DIM}", cfg.latent_dim)
     _require(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)",
@@ -156,6 +175,15 @@ def validate(cfg: TrainConfig) -> None:
     _require(cfg.compile in COMPILE_MODES, "compile",
              f"must be one of {', '.join(COMPILE_MODES)}", cfg.compile)
     _require(bool(cfg.data_dir.strip()), "data_dir", "must not be empty", cfg.data_dir)
+    if cfg.auto_balance:
+        _require(build_loss(cfg).profile.acc_band is not None, "auto_balance",
+                 f"needs a loss with a healthy accuracy band; {cfg.loss}'s critic has none",
+                 cfg.auto_balance)
+    # A compiled step guards on the rates' values: a rate that changes would recompile it.
+    changing = [k for k in ("lr_decay", "auto_balance") if getattr(cfg, k)]
+    _require(cfg.compile == "off" or not changing, "compile",
+             f"must be off with {' or '.join(changing)} (a compiled step would recompile "
+             "at every change of learning rate)", cfg.compile)
 
 
 def _coerce(key: str, raw: Any) -> Any:
@@ -167,6 +195,12 @@ def _coerce(key: str, raw: Any) -> Any:
         if isinstance(raw, str) and raw.strip().lower() in Tristate.CHOICES:
             return raw.strip().lower()
         raise ConfigError(key, f"must be one of auto, true, false (got {raw!r})")
+    if want is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+            return raw.strip().lower() == "true"
+        raise ConfigError(key, f"must be true or false (got {raw!r})")
     kind = {int: "an integer", float: "a finite number", str: "a string"}[want]
     if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
         raise ConfigError(key, f"must be {kind} (got {raw!r})")

@@ -301,6 +301,29 @@ def diagnose(columns: Mapping[str, Sequence], profile: LossProfile = SEED_PROFIL
     return Diagnosis(ws, checks, balance_score(ws, profile), profile, extra)
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def health_by_epoch(columns: Mapping[str, Sequence], profile: LossProfile = SEED_PROFILE,
+                    window: int = DEFAULT_WINDOW) -> list[dict]:
+    """The status assessment at the end of every epoch (and at the last row), as the epoch
+    log gives it: a run is healthy over its whole length only if every entry is."""
+    steps, epochs = list(columns["step"]), list(columns["epoch"])
+    ends = [i for i in range(len(steps)) if i + 1 == len(steps) or epochs[i + 1] != epochs[i]]
+    out = []
+    for i in ends:
+        ws = window_stats({c: list(columns[c][:i + 1]) for c in REQUIRED_COLUMNS}, window)
+        checks = assess(ws, profile)
+        out.append({"step": int(steps[i]) + 1, "epoch": int(epochs[i]),
+                    "healthy": all(c.passed for c in checks),
+                    "failed": [c.name for c in checks if not c.passed],
+                    "real_acc": ws.real_acc, "fake_acc": ws.fake_acc,
+                    "loss_ratio": _finite(ws.loss_ratio),
+                    "balance_score": _finite(balance_score(ws, profile))})
+    return out
+
+
 def status_line(diag: Diagnosis) -> str:
     """One line for the epoch log."""
     ws = diag.window

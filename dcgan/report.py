@@ -51,8 +51,13 @@ def best_generator_line(run_dir: Path) -> str | None:
     try:
         info = json.loads((run_dir / BEST_INFO).read_text())
         which = "the moving average of G" if info.get("generator") == "ema" else "G"
-        return (f"Best generator: {run_dir / BEST_GENERATOR} ({which} at step {info['step']}, "
+        line = (f"Best generator: {run_dir / BEST_GENERATOR} ({which} at step {info['step']}, "
                 f"{info['n']} samples): {quality_summary(info)}")
+        if "rescored_fid" in info:  # chosen among the best evaluations at a larger N
+            line += (f"; rescored with {info['rescore_samples']:,} samples against "
+                     f"{len(info['rescored']) - 1} runner(s)-up: FID "
+                     f"{info['rescored_fid']:.2f}, IS {info['rescored_inception_score']:.2f}")
+        return line
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -6,6 +6,7 @@ training loop never waits for the device just to record a number.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from dcgan.io import atomic_write_parquet
 from dcgan.layout import EVAL_FILE, STATS_FILE  # noqa: F401  (re-exported)
 from dcgan.step import STEP_VALUES
 
-COLUMNS = ("step", "epoch", "batch", *STEP_VALUES, "time")
+# g_lr, d_lr: the learning rates the step trained with (dcgan.schedule may change them).
+RATE_COLUMNS = ("g_lr", "d_lr")
+COLUMNS = ("step", "epoch", "batch", *STEP_VALUES, *RATE_COLUMNS, "time")
 _INT_COLUMNS = ("step", "epoch", "batch")
 
 
@@ -32,20 +35,20 @@ class TrainingStats:
         # checkpointed): per-rank monitoring reads them. Otherwise the same as ``columns``.
         self.local_columns: dict[str, list] = self.columns if reduce is None else \
             {c: [] for c in COLUMNS}
-        self._pending: list[tuple[int, int, int, float, torch.Tensor]] = []
+        self._pending: list[tuple[int, int, int, float, tuple[float, float], torch.Tensor]] = []
 
     def __len__(self) -> int:
         return len(self.columns["step"])
 
     def record(self, step: int, epoch: int, batch: int, elapsed: float,
-               values: torch.Tensor) -> None:
-        self._pending.append((step, epoch, batch, elapsed, values))
+               values: torch.Tensor, rates: tuple[float, float] = (math.nan, math.nan)) -> None:
+        self._pending.append((step, epoch, batch, elapsed, rates, values))
 
     def flush(self) -> list[dict]:
         """Move pending rows to the host (one device sync) and return them as dicts."""
         if not self._pending:
             return []
-        stacked = torch.stack([p[4] for p in self._pending])
+        stacked = torch.stack([p[5] for p in self._pending])
         local = None
         if self.reduce is not None:
             local, stacked = stacked, self.reduce(stacked)
@@ -58,9 +61,11 @@ class TrainingStats:
 
     def _append(self, columns: dict[str, list], values: list[list[float]]) -> list[dict]:
         rows = []
-        for (step, epoch, batch, elapsed, _), vals in zip(self._pending, values, strict=True):
+        for (step, epoch, batch, elapsed, rates, _), vals in zip(self._pending, values,
+                                                                 strict=True):
             row = {"step": step, "epoch": epoch, "batch": batch,
-                   **dict(zip(STEP_VALUES, vals, strict=True)), "time": elapsed}
+                   **dict(zip(STEP_VALUES, vals, strict=True)),
+                   **dict(zip(RATE_COLUMNS, rates, strict=True)), "time": elapsed}
             for c in COLUMNS:
                 columns[c].append(row[c])
             rows.append(row)
@@ -78,7 +83,10 @@ class TrainingStats:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.columns = {c: state[c].tolist() for c in COLUMNS}
+        n = len(state["step"])
+        # A state from before the rate columns: their values then are unknown (NaN).
+        self.columns = {c: state[c].tolist() if c in state else [math.nan] * n
+                        for c in COLUMNS}
         if self.reduce is None:
             self.local_columns = self.columns
         self.evals = [dict(row) for row in state.get("evals", [])]

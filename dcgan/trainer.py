@@ -24,6 +24,7 @@ from dcgan.ema import GeneratorEMA
 from dcgan.errors import CheckpointError, NonFiniteLossError, first_line
 from dcgan.losses import build_loss
 from dcgan.models import build_models
+from dcgan.schedule import BalanceController, decay_factor
 from dcgan.stats import TrainingStats
 from dcgan.step import GANParts, StepFn, gan_step
 
@@ -49,6 +50,10 @@ class Callback:
     def on_rows(self, trainer: Trainer, rows: list[dict]) -> None: ...
 
     def on_epoch_end(self, trainer: Trainer) -> None: ...
+
+    def on_balance(self, trainer: Trainer, change: dict) -> None:
+        """The balance controller changed D's learning rate (``change``: step, real_acc,
+        fake_acc, and from / to, multipliers of d_lr)."""
 
     def on_state_saved(self, trainer: Trainer, where: str) -> None:
         """A full state of this step was just saved (``where`` says where it went)."""
@@ -135,10 +140,19 @@ class Trainer:
         # average: kept in the full state, so that a search trial, which writes no files,
         # still hands back its best generator and not its last.
         self.best_generator: dict[str, torch.Tensor] | None = None
+        # The ``rescore_top`` lowest-FID evaluations with their weights ({"row", "weights"}),
+        # rescored with ``rescore_samples`` images when the run completes (dcgan.callbacks).
+        self.candidates: list[dict[str, Any]] = []
         self.step = 0  # completed steps; the next step's index
         self.epoch = 0  # epoch of the last completed step
         self.batch = -1  # batch index (in its epoch) of the last completed step
         self.stats = TrainingStats(reduce_stats)
+        profile = self.loss.profile
+        # Decisions read the stats rows, which are the same on every rank (the mean over
+        # ranks), so every rank applies the same rate at the same step.
+        self.balance = (BalanceController(profile.acc_band, cfg.balance_every,
+                                          cfg.balance_floor)
+                        if cfg.auto_balance and profile.acc_band is not None else None)
         self.stop_requested: str | None = None  # set by a signal handler
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
@@ -153,6 +167,8 @@ class Trainer:
         rows = self.stats.flush()
         if not rows:
             return rows
+        if self.balance is not None:
+            self.balance.observe(rows)
         for cb in self.callbacks:
             cb.on_rows(self, rows)
         for row in rows:
@@ -178,13 +194,16 @@ class Trainer:
                     # With critic_steps k, G updates on every k-th step (and so does its
                     # average); the other steps train D alone.
                     self.parts.update_g = (self.step + 1) % cfg.critic_steps == 0
+                    rates = self._apply_rates()
                     values = self.step_fn(self.parts, real, z)
                     if self.ema is not None and self.parts.update_g:
                         self.ema.update()
-                    self.stats.record(self.step, epoch, batch, self.elapsed(), values)
+                    self.stats.record(self.step, epoch, batch, self.elapsed(), values, rates)
                     self.step, self.epoch, self.batch = self.step + 1, epoch, batch
                     if self._flush_point(batch):
                         self.flush()
+                    if self.balance is not None and self.balance.due(self.step):
+                        self._balance_decision()
                     for cb in self.callbacks:
                         cb.on_step_end(self)
                     if self.stop_requested or self.step >= self.total_steps:
@@ -201,12 +220,33 @@ class Trainer:
         self._finish(outcome)
         return outcome
 
+    def _apply_rates(self) -> tuple[float, float]:
+        """Set both optimizers' learning rates for the coming step (the config's, times the
+        decay and, for D, the balance controller's multiplier); return them for the stats."""
+        cfg = self.cfg
+        decay = decay_factor(self.step, self.total_steps, cfg.lr_decay, cfg.lr_decay_final)
+        d_scale = self.balance.scale if self.balance is not None else 1.0
+        rates = (cfg.g_lr * decay, cfg.d_lr * decay * d_scale)
+        for opt, lr in zip((self.opt_g, self.opt_d), rates, strict=True):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return rates
+
+    def _balance_decision(self) -> None:
+        change = self.balance.decide(self.step)
+        if change is not None:
+            for cb in self.callbacks:
+                cb.on_balance(self, change)
+
     def _flush_point(self, batch: int) -> bool:
         """Steps after which stats reach the host: the same on every rank, and covering every
-        step at which a callback may save state, so a callback never starts a collective."""
+        step at which a callback may save state or the balance controller decides, so that
+        neither starts a collective of its own."""
         every = self.cfg.checkpoint_every_steps
+        balance = self.balance is not None and self.balance.due(self.step)
         return (batch % self.cfg.log_every == 0 or batch == self.batches_per_epoch - 1
-                or bool(every and self.step % every == 0) or self.step >= self.total_steps)
+                or bool(every and self.step % every == 0) or self.step >= self.total_steps
+                or balance)
 
     def _finish(self, outcome: Outcome) -> None:
         for cb in self.callbacks:
@@ -240,6 +280,8 @@ class Trainer:
             "elapsed": self.elapsed(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "best_generator": self.best_generator,
+            "candidates": self.candidates,
+            "balance": self.balance.state_dict() if self.balance is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint",
@@ -261,6 +303,9 @@ class Trainer:
                 self.ema = GeneratorEMA(self.generator, self.cfg.ema_decay)
             self.stats.load_state_dict(state["stats"])
             self.best_generator = state.get("best_generator")  # absent before this key
+            self.candidates = list(state.get("candidates") or [])
+            if self.balance is not None and state.get("balance"):
+                self.balance.load_state_dict(state["balance"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{source} does not match this model: "
                                   f"{first_line(exc)}") from None

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A run small enough for tests: 256 images, 8 batches of 32 per epoch, on the CPU.
 TINY = {"train_subset": 256, "batch_size": 32, "device": "cpu", "log_every": 2,
         "sample_every": 4, "checkpoint_every": 1, "epochs": 2, "eval_every": 1,
-        "eval_samples": 200}
+        "eval_samples": 200, "rescore_samples": 300}
 
 
 def sets(values: dict) -> list[str]:

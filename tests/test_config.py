@@ -23,8 +23,20 @@ def test_exactly_the_documented_keys():
         "label_smoothing", "label_smoothing_mode", "dropout", "sample_every", "checkpoint_every",
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
         "max_steps", "precision", "channels_last", "compile", "ema_decay", "eval_every",
-        "eval_samples",
+        "eval_samples", "rescore_top", "rescore_samples", "lr_decay", "lr_decay_final",
+        "auto_balance", "balance_every", "balance_floor",
         "sync_batchnorm", "max_failures"]
+
+
+def test_schedules_refuse_what_they_cannot_do(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("auto_balance: true\nlr_decay: 0.3\n")
+    assert load_config(path).auto_balance is True  # a YAML boolean
+    assert load_config(overrides=["auto_balance=False"]).auto_balance is False
+    with pytest.raises(ConfigError, match="wgan-gp's critic has none"):
+        load_config(overrides=["auto_balance=true", "loss=wgan-gp"])
+    with pytest.raises(ConfigError, match="must be off with lr_decay or auto_balance"):
+        load_config(path, ["compile=default"])
 
 
 def test_data_dir_env_replaces_only_the_default(monkeypatch, tmp_path):
@@ -78,6 +90,13 @@ def test_saved_config_round_trips(tmp_path):
     ("eval_samples=128", "eval_samples", ">= 129"),
     ("sync_batchnorm=maybe", "sync_batchnorm", "auto, true, false"),
     ("max_failures=-1", "max_failures", ">= 0"),
+    ("rescore_top=-1", "rescore_top", ">= 0"),
+    ("rescore_samples=100", "rescore_samples", "129-100000"),
+    ("lr_decay=1.5", "lr_decay", "[0, 1]"),
+    ("lr_decay_final=-0.1", "lr_decay_final", "[0, 1]"),
+    ("auto_balance=1", "auto_balance", "true or false"),
+    ("balance_every=0", "balance_every", ">= 1"),
+    ("balance_floor=0", "balance_floor", "(0, 1]"),
     ("epochs=2.5", "epochs", "integer"),
     ("batch_size=lots", "batch_size", "integer"),
     ("g_lr=fast", "g_lr", "number"),

@@ -162,7 +162,8 @@ def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir
     # (raw, ema) per evaluation: improves (ema), no improvement, improves (raw).
     meter = ScriptedMeter([50.0, 40.0, 45.0, 41.0, 30.0, 35.0])
     evaluator = QualityEvaluator(meter, tmp_path, every_steps=2)
-    trainer = Trainer(tiny_cfg(data_dir, max_steps=6, eval_samples=129), images,
+    # rescore_top=0: the choice as evaluations make it (test_schedule rescores).
+    trainer = Trainer(tiny_cfg(data_dir, max_steps=6, eval_samples=129, rescore_top=0), images,
                       torch.device("cpu"), callbacks=[evaluator])
     written = []
 
@@ -187,7 +188,7 @@ def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir
     on_disk = torch.load(tmp_path / BEST_GENERATOR, weights_only=True)
     assert all(torch.equal(on_disk[k], v) for k, v in trainer.best_generator.items())
     # It lives in the full state, so a resumed run (or a search trial) keeps it.
-    resumed = Trainer(tiny_cfg(data_dir, max_steps=6, eval_samples=129), images,
+    resumed = Trainer(tiny_cfg(data_dir, max_steps=6, eval_samples=129, rescore_top=0), images,
                       torch.device("cpu"))
     resumed.load_state_dict(trainer.state_dict())
     assert all(torch.equal(resumed.best_generator[k], v)

@@ -25,11 +25,16 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     free port if 8265 is taken."""
     import ray
 
+    from dcgan_cluster.network import SETUP_HOOK
+
+    # DDP across hosts: every worker pins Gloo to its node's interface (Ray takes a setup
+    # hook only in the job's runtime env; a submitted job's own env vars are merged in).
+    runtime_env = {"worker_process_setup_hook": SETUP_HOOK}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                 log_to_driver=True)
+                 log_to_driver=True, runtime_env=runtime_env)
 
 
 def torch_trainer(spec: WorkerSpec, *, workers: int, gpu: bool,

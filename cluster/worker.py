@@ -24,7 +24,7 @@ from torch import nn
 from dcgan.assembly import Placement, assemble
 from dcgan.config import TrainConfig
 from dcgan.io import atomic_write_text
-from dcgan.layout import TIMING_FILE
+from dcgan.layout import TIMING_FILE, WORKERS_FILE
 from dcgan.trainer import Callback, Trainer
 from dcgan_cluster.metrics_hub import hub_pusher
 from dcgan_cluster.ray_store import RayStore
@@ -100,6 +100,32 @@ class StartupTimer(Callback):
                           json.dumps({"start_to_first_step_s": seconds}) + "\n")
 
 
+def worker_group(step: int) -> list[dict[str, Any]]:
+    """Where every rank of this worker group runs (a collective: every rank calls it)."""
+    import os
+    import socket
+
+    from dcgan_cluster.network import node_ip
+
+    me = {"rank": dist.get_rank(), "node_ip": node_ip(), "hostname": socket.gethostname(),
+          "pid": os.getpid(), "gloo_interface": os.environ.get("GLOO_SOCKET_IFNAME")}
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    return everyone
+
+
+def record_worker_group(run_dir: Path, step: int, workers: list[dict[str, Any]]) -> None:
+    """Append this group (the first, or one restarted after a failure) to ``WORKERS_FILE``:
+    the run's record of which hosts trained it from which step."""
+    path = run_dir / WORKERS_FILE
+    try:
+        groups = json.loads(path.read_text())["groups"] if step > 0 else []
+    except (OSError, ValueError, KeyError, TypeError):
+        groups = []
+    groups.append({"from_step": step, "started": time.time(), "workers": workers})
+    atomic_write_text(path, json.dumps({"groups": groups}, indent=2) + "\n")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -124,10 +150,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resume_hint="Rerun the same command with --resume to continue.",
         metrics_push=hub_pusher(spec.metrics_hub) if spec.metrics_hub is not None else None,
         trial=spec.trial, callbacks=timer, restore=restore)
+    workers = worker_group(trainer.step) if world > 1 else None
     if placement.leads:
         if restore is not None:
             print(f"Restored from the checkpoint at step {trainer.step}")
+        hosts = (", ".join(f"rank {w['rank']} on {w['node_ip']}" for w in workers)
+                 if workers else "")
         print(f"Worker group: {world} worker(s) on {device.type}, batch {cfg.batch_size} per "
               f"worker ({global_cfg.batch_size} global), SyncBatchNorm "
-              f"{'on' if sync_bn else 'off (CPU workers: per-rank BatchNorm statistics)'}")
+              f"{'on' if sync_bn else 'off (CPU workers: per-rank BatchNorm statistics)'}"
+              + (f"; {hosts}" if hosts else ""))
+        if run_dir is not None and workers:
+            record_worker_group(run_dir, trainer.step, workers)
     trainer.fit()

@@ -20,6 +20,7 @@ Writers (local mode, rank 0 of a distributed run, the search), readers (``dcgan 
       dcgan_diagnostics.json            the final report as data
       dcgan_config_changes.json         config changes made on resume, from the step each applies
       dcgan_timing.json                 distributed mode: start-up time
+      dcgan_workers.json                distributed mode: each worker group's hosts and ranks
       checkpoints/state_step_NNNNNNNN.pt full states (resume)
       ray/                              distributed mode: Ray Train's storage by default
       .dcgan.lock                       held by the process writing the run
@@ -44,6 +45,7 @@ QUALITY_FILE = "dcgan_quality.png"
 DIAGNOSTICS_FILE = "dcgan_diagnostics.json"
 CONFIG_CHANGES = "dcgan_config_changes.json"
 TIMING_FILE = "dcgan_timing.json"
+WORKERS_FILE = "dcgan_workers.json"
 CHECKPOINT_DIR = "checkpoints"
 RAY_STORAGE_DIR = "ray"
 LOCK_FILE = ".dcgan.lock"

@@ -218,8 +218,10 @@ class Hosts:
         temp = self.state / name
         temp.mkdir(exist_ok=True)
         head = name == "head"
-        argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
-                f"--node-ip-address={node_ip or host.address}", f"--num-cpus={cpus}",
+        # Through the project's node start, which refuses an address the head cannot reach.
+        argv = [sys.executable, "-m", "dcgan_cluster.node",
+                f"--node-ip-address={node_ip or host.address}", "--", "--block",
+                f"--num-cpus={cpus}",
                 f"--temp-dir={temp}", "--disable-usage-stats",
                 *(["--head", f"--port={RAY_PORT}", "--include-dashboard=true",
                    "--dashboard-host=0.0.0.0", f"--dashboard-port={DASHBOARD_PORT}"] if head
@@ -231,6 +233,7 @@ class Hosts:
         log = self.state / f"{name}.log"
         while "Ray runtime started" not in log.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
+                _kill_group(proc.pid)
                 tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
                 raise HostsError(f"Ray did not start on {name}: {tail[0][:300]}")
             time.sleep(0.5)

@@ -6,8 +6,10 @@ storage) is checked here, in seconds, before Ray starts anything.
 
 from __future__ import annotations
 
+import _thread
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +133,64 @@ class DistributedRun:
     metrics: MetricsAddress
 
 
+# How long the driver waits for a worker group the cluster cannot hold any more (a worker
+# host left for good) before it stops the run with one line instead of waiting forever.
+CAPACITY_WAIT_ENV = "DCGAN_CAPACITY_WAIT_S"
+CAPACITY_WAIT_S = 120.0
+
+
+class CapacityWatch:
+    """While the run trains, checks every few seconds that the cluster's alive nodes still
+    hold what the worker group needs. Ray Train would otherwise wait without end for the
+    resources of a lost host; after ``DCGAN_CAPACITY_WAIT_S`` seconds short, this stops
+    the run (``fired`` says why) by interrupting the driver's main thread."""
+
+    def __init__(self, plan: DistributedRun, every_s: float = 2.0):
+        self.need = {"CPU": plan.workers * plan.cpus_per_worker,
+                     **({"GPU": plan.workers * plan.gpus_per_worker} if plan.gpu else {})}
+        self.workers = plan.workers
+        self.wait_s = float(os.environ.get(CAPACITY_WAIT_ENV) or CAPACITY_WAIT_S)
+        self.every_s = every_s
+        self.fired: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="capacity-watch",
+                                        daemon=True)
+
+    def __enter__(self) -> CapacityWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def short(self) -> str | None:
+        import ray
+
+        have = ray.cluster_resources()
+        missing = {k: (have.get(k, 0.0), v) for k, v in self.need.items() if have.get(k, 0.0) < v}
+        if not missing:
+            return None
+        return ", ".join(f"the cluster has {h:g} {k} for {self.workers} workers needing {n:g}"
+                         for k, (h, n) in missing.items())
+
+    def _watch(self) -> None:
+        since = None
+        while not self._stop.wait(self.every_s):
+            try:
+                why = self.short()
+            except Exception:  # noqa: BLE001 - the GCS is unreachable: fit() reports that
+                continue
+            if why is None:
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= self.wait_s:
+                self.fired = f"{why} for {self.wait_s:g} s (a worker host left the cluster)"
+                _thread.interrupt_main()
+                return
+
+
 def _run(plan: DistributedRun) -> dict:
     import ray
 
@@ -157,8 +217,18 @@ def _run(plan: DistributedRun) -> dict:
                                 cpus_per_worker=plan.cpus_per_worker,
                                 gpus_per_worker=plan.gpus_per_worker, name=name,
                                 storage=storage, max_failures=cfg.max_failures)
+        watch = CapacityWatch(plan)
         try:
-            result = trainer.fit()
+            with watch:
+                result = trainer.fit()
+        except KeyboardInterrupt:
+            if not watch.fired:
+                raise
+            state = _latest_state(_local_experiment(storage, name))
+            at = f" (latest checkpoint: step {state[1]['step']})" if state else ""
+            raise ClusterError(f"worker capacity lost: {watch.fired}; the run stopped{at}; "
+                               "rerun the same command with --resume once the host is back "
+                               "(or with fewer --workers)") from None
         except ray.train.TrainingFailedError as exc:
             raise ClusterError(f"distributed training failed after {cfg.max_failures} "
                                f"restart(s) allowed: "

@@ -11,23 +11,37 @@ Ray at module level.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import socket
+import struct
 
 # Ray runs this in every Ray Train worker process before any actor code (RunConfig's
 # worker_runtime_env), so before Ray Train sets up the process group.
 SETUP_HOOK = "dcgan_cluster.network.pin_gloo_interface"
 
 
+SIOCGIFADDR = 0x8915  # Linux: an interface's (primary) IPv4 address
+
+
+def interface_addresses() -> dict[str, str]:
+    """Interface name -> its IPv4 address, for every interface that has one (Linux)."""
+    out = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR,
+                                     struct.pack("256s", name[:15].encode()))
+            except OSError:  # no IPv4 address
+                continue
+            out[name] = socket.inet_ntoa(packed[20:24])
+    return out
+
+
 def interface_of(address: str) -> str | None:
     """The name of the local interface that holds ``address`` (None if none does)."""
-    import psutil  # a Ray dependency
-
-    for name, addrs in psutil.net_if_addrs().items():
-        if any(a.family == socket.AF_INET and a.address == address for a in addrs):
-            return name
-    return None
+    return next((name for name, a in interface_addresses().items() if a == address), None)
 
 
 def node_ip() -> str | None:

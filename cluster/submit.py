@@ -31,6 +31,14 @@ class SubmitError(Exception):
     pass
 
 
+HEARTBEAT_S = 3.0  # how often the head is probed while the job's log is followed
+LOST_AFTER_S = 30.0  # the head unreachable this long: stop following, say so in one line
+
+
+class LostContact(SubmitError):
+    """The head stopped answering while the job was followed (the job may still run)."""
+
+
 def check_reachable(address: str) -> None:
     """A one-line error within seconds when nothing answers at ``address``."""
     parsed = urlparse(address)
@@ -65,8 +73,61 @@ async def _stream(client, job_id: str, errors: list[str]) -> None:
         errors += [line for line in lines.splitlines() if line.startswith("error: ")]
 
 
+def _answers(address: str) -> str | None:
+    """None when the head's dashboard port accepts a connection, else why not."""
+    parsed = urlparse(address)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 80),
+                                      timeout=HEARTBEAT_S):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+
+
+async def _follow(client, job_id: str, errors: list[str], address: str,
+                  lost_after: float) -> None:
+    """The job's log, while the head answers: a cut link leaves the log's websocket silent
+    for as long as TCP retries, so the head is probed beside it and, after ``lost_after``
+    seconds without an answer, following stops with ``LostContact``."""
+    stream = asyncio.ensure_future(_stream(client, job_id, errors))
+    lost_since: float | None = None
+    try:
+        while not stream.done():
+            await asyncio.wait({stream}, timeout=HEARTBEAT_S)
+            if stream.done():
+                break
+            why = await asyncio.to_thread(_answers, address)
+            if why is None:
+                lost_since = None
+                continue
+            lost_since = lost_since or time.monotonic() - HEARTBEAT_S
+            if time.monotonic() - lost_since >= lost_after:
+                raise LostContact(f"lost contact with the Ray head at {address} for "
+                                  f"{lost_after:g} s ({why}); job {job_id} keeps running "
+                                  "there if the head is up: follow it again with `ray job "
+                                  f"logs --follow {job_id} --address {address}`, or rerun "
+                                  "the same command with --resume if it stopped")
+        stream.result()
+    finally:
+        stream.cancel()
+
+
+def _status(client, job_id: str, address: str, lost_after: float):
+    """The job's status, refusing to hang on a head that stopped answering."""
+    deadline = time.monotonic() + lost_after
+    while True:
+        why = _answers(address)
+        if why is None:
+            return client.get_job_status(job_id)
+        if time.monotonic() > deadline:
+            raise LostContact(f"lost contact with the Ray head at {address} ({why}) before "
+                              f"job {job_id} finished; `ray job status {job_id} --address "
+                              f"{address}` tells how it ended")
+        time.sleep(1)
+
+
 def submit(address: str, command: list[str], env: dict[str, str] | None = None,
-           follow: bool = True) -> int:
+           follow: bool = True, lost_after: float = LOST_AFTER_S) -> int:
     check_reachable(address)
     client = _client(address)
     runtime_env = {"env_vars": env} if env else None
@@ -76,15 +137,15 @@ def submit(address: str, command: list[str], env: dict[str, str] | None = None,
         return 0
     errors: list[str] = []  # dcgan's own one-line errors, from the job's log
     try:
-        asyncio.run(_stream(client, job_id, errors))
+        asyncio.run(_follow(client, job_id, errors, address, lost_after))
     except KeyboardInterrupt:
         print(f"\nStopped following; the job keeps running (ray job stop {job_id} "
               f"--address {address} stops it)", file=sys.stderr)
         return 130
-    status = client.get_job_status(job_id)
+    status = _status(client, job_id, address, lost_after)
     while str(status) not in FINISHED and status.value not in FINISHED:
         time.sleep(1)
-        status = client.get_job_status(job_id)
+        status = _status(client, job_id, address, lost_after)
     state = status.value if hasattr(status, "value") else str(status)
     if state != "SUCCEEDED":
         reason = errors[-1][len("error: "):] if errors else \
@@ -102,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment variable for the job (repeatable)")
     p.add_argument("--no-follow", action="store_true", help="submit and return")
+    p.add_argument("--lost-after", type=float, default=LOST_AFTER_S, metavar="SECONDS",
+                   help="stop following when the head has not answered for this long "
+                        f"(default {LOST_AFTER_S:g}; the job itself keeps running)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- dcgan ...")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -110,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = dict(pair.split("=", 1) for pair in args.env if "=" in pair)
     try:
-        return submit(args.address, command, env, follow=not args.no_follow)
+        if not args.lost_after > 0:
+            raise SubmitError(f"--lost-after must be > 0 (got {args.lost_after:g})")
+        return submit(args.address, command, env, follow=not args.no_follow,
+                      lost_after=args.lost_after)
     except SubmitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

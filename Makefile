@@ -49,7 +49,7 @@ train-distributed tune: export RAY_AUTH_MODE := token
 train-distributed tune: export RAY_AUTH_TOKEN := $(RAY_AUTH_TOKEN)
 endif
 
-.PHONY: install train train-distributed tune smoke test test-fast lint bench bench-gpu bench-quality monitor prometheus dashboard \
+.PHONY: install train train-distributed tune smoke test test-fast test-multihost hosts-up hosts-down lint bench bench-gpu bench-quality monitor prometheus dashboard \
 	cluster-token cluster-up cluster-down clean
 
 install: $(STAMP)
@@ -105,8 +105,21 @@ endif
 smoke: install
 	$(BIN)/dcgan train --out $(SMOKE_RUN) --config configs/smoke.yaml --overwrite $(TRAIN_ARGS)
 
+# Everything but the network-fault set (test-multihost), which needs root and ~10 minutes.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not multihost"
+
+# Network faults across test hosts (network namespaces; root): docs/reliability.md.
+test-multihost: install
+	$(BIN)/python -m pytest -m multihost tests/test_multihost.py
+
+# Three test hosts (head, two workers) plus prometheus and client hosts, Ray on each
+# (root; docs/deployment.md, "Across real hosts"). hosts-down removes them all.
+hosts-up: install
+	$(BIN)/python -m dcgan_cluster.hosts up --workers 2
+
+hosts-down: install
+	$(BIN)/python -m dcgan_cluster.hosts down
 
 # The inner loop: every test that needs no Ray, no Prometheus and no long training.
 test-fast: install

@@ -246,18 +246,22 @@ class Hosts:
             self.save()
         _kill_pids(netns_pids(host.netns))
 
+    def alive_nodes(self) -> int:
+        """How many nodes the head counts alive (-1: the head did not answer)."""
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', "
+                 "log_to_driver=False); print('alive', sum(n['Alive'] for n in ray.nodes()))")
+        proc = self.run("head", [sys.executable, "-c", probe, self.gcs_address])
+        counts = [line.split()[1] for line in proc.stdout.splitlines()
+                  if line.startswith("alive ")]
+        return int(counts[-1]) if proc.returncode == 0 and counts else -1
+
     def wait_for_nodes(self, count: int, timeout: float = START_TIMEOUT_S) -> None:
         """Until the head counts ``count`` alive nodes."""
-        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(n['Alive'] for n in ray.nodes()))")
         deadline = time.monotonic() + timeout
-        while True:
-            proc = self.run("head", [sys.executable, "-c", probe, self.gcs_address])
-            if proc.returncode == 0 and proc.stdout.strip().splitlines()[-1:] == [str(count)]:
-                return
+        while (alive := self.alive_nodes()) != count:
             if time.monotonic() > deadline:
-                raise HostsError(f"the head did not see {count} alive nodes within "
-                                 f"{timeout:.0f} s: {(proc.stdout + proc.stderr)[-300:]}")
+                raise HostsError(f"the head counts {alive} alive nodes, not {count}, after "
+                                 f"{timeout:.0f} s")
             time.sleep(2)
 
     # -- teardown -------------------------------------------------------------------------

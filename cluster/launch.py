@@ -6,9 +6,10 @@ storage) is checked here, in seconds, before Ray starts anything.
 
 from __future__ import annotations
 
-import _thread
 import os
 import shutil
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -145,12 +146,12 @@ class CapacityWatch:
     resources of a lost host; after ``DCGAN_CAPACITY_WAIT_S`` seconds short, this stops
     the run (``fired`` says why) by interrupting the driver's main thread."""
 
-    def __init__(self, plan: DistributedRun, every_s: float = 2.0):
+    def __init__(self, plan: DistributedRun, message, every_s: float = 2.0):
         self.need = {"CPU": plan.workers * plan.cpus_per_worker,
                      **({"GPU": plan.workers * plan.gpus_per_worker} if plan.gpu else {})}
         self.workers = plan.workers
         self.wait_s = float(os.environ.get(CAPACITY_WAIT_ENV) or CAPACITY_WAIT_S)
-        self.every_s = every_s
+        self.every_s, self.message = every_s, message
         self.fired: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="capacity-watch",
@@ -187,8 +188,28 @@ class CapacityWatch:
             since = since or time.monotonic()
             if time.monotonic() - since >= self.wait_s:
                 self.fired = f"{why} for {self.wait_s:g} s (a worker host left the cluster)"
-                _thread.interrupt_main()
+                self._abort()
                 return
+
+    def _abort(self) -> None:
+        """Ray Train's own SIGINT handler aborts the run gracefully (a real signal, not
+        interrupt_main: it also ends a blocking wait in Ray's C++). A controller stuck
+        waiting for the lost capacity may never answer it: then the driver says why in its
+        one line and exits (its run lock is the kernel's and goes with it; every checkpoint
+        is already complete in the storage)."""
+        os.kill(os.getpid(), signal.SIGINT)
+        if self._stop.wait(20):
+            return
+        print(f"error: {self.message(self.fired)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+
+
+def capacity_lost(why: str, storage: str, name: str) -> str:
+    state = _latest_state(_local_experiment(storage, name))
+    at = f" (latest checkpoint: step {state[1]['step']})" if state else ""
+    return (f"worker capacity lost: {why}; the run stopped{at}; rerun the same command with "
+            "--resume once the host is back (or with fewer --workers)")
 
 
 def _run(plan: DistributedRun) -> dict:
@@ -217,30 +238,30 @@ def _run(plan: DistributedRun) -> dict:
                                 cpus_per_worker=plan.cpus_per_worker,
                                 gpus_per_worker=plan.gpus_per_worker, name=name,
                                 storage=storage, max_failures=cfg.max_failures)
-        watch = CapacityWatch(plan)
+        watch = CapacityWatch(plan, lambda why: capacity_lost(why, storage, name))
         try:
             with watch:
-                result = trainer.fit()
-        except KeyboardInterrupt:
-            if not watch.fired:
-                raise
-            state = _latest_state(_local_experiment(storage, name))
-            at = f" (latest checkpoint: step {state[1]['step']})" if state else ""
-            raise ClusterError(f"worker capacity lost: {watch.fired}; the run stopped{at}; "
-                               "rerun the same command with --resume once the host is back "
-                               "(or with fewer --workers)") from None
+                try:
+                    result = trainer.fit()
+                except (KeyboardInterrupt, SystemExit):
+                    if not watch.fired:
+                        raise
         except ray.train.TrainingFailedError as exc:
-            raise ClusterError(f"distributed training failed after {cfg.max_failures} "
-                               f"restart(s) allowed: "
-                               f"{first_line(exc, 'training failed', 300)}; rerun with "
-                               f"--resume to continue from the last checkpoint") from None
+            if not watch.fired:
+                raise ClusterError(f"distributed training failed after {cfg.max_failures} "
+                                   f"restart(s) allowed: "
+                                   f"{first_line(exc, 'training failed', 300)}; rerun with "
+                                   f"--resume to continue from the last checkpoint") from None
         except (ray.exceptions.RayError, ConnectionError) as exc:
-            # The cluster itself went away (head node down, GCS unreachable): the workers
-            # are gone with it, the checkpoints in the storage are not.
-            raise ClusterError(f"lost the Ray cluster during training ({first_line(exc)}); "
-                               f"rerun with --resume --name {name} --storage {storage} (on this "
-                               "cluster once it is back, or on another) to resume from the "
-                               "last checkpoint") from None
+            if not watch.fired:
+                # The cluster itself went away (head node down, GCS unreachable): the
+                # workers are gone with it, the checkpoints in the storage are not.
+                raise ClusterError(f"lost the Ray cluster during training ({first_line(exc)}); "
+                                   f"rerun with --resume --name {name} --storage {storage} (on "
+                                   "this cluster once it is back, or on another) to resume from "
+                                   "the last checkpoint") from None
+        if watch.fired:  # however Ray Train ended the aborted run
+            raise ClusterError(capacity_lost(watch.fired, storage, name)) from None
         seconds = time.perf_counter() - t0
         return {"metrics": result.metrics, "seconds": seconds, "storage": storage,
                 "name": name, "checkpoint": result.checkpoint}

@@ -96,25 +96,15 @@ def wait_for(log: Path, needle: str, proc: subprocess.Popen | None = None,
     return time.monotonic()
 
 
-def alive_nodes(hosts) -> int:
-    probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))")
-    proc = hosts.run("head", [sys.executable, "-c", probe, hosts.gcs_address])
-    return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else -1
-
-
-def wait_nodes(hosts, count: int, guard: float = GUARD_S) -> None:
-    deadline = time.monotonic() + guard
-    while alive_nodes(hosts) != count:
-        assert time.monotonic() < deadline, f"the head never counted {count} alive nodes"
-        time.sleep(2)
+def wait_nodes(hosts, count: int) -> None:
+    hosts.wait_for_nodes(count, timeout=GUARD_S)
 
 
 def bring_back(hosts, name: str) -> None:
     """The host's cable back, and its Ray node restarted if the head declared it dead (a
     raylet the GCS marked dead exits; a host's service manager would restart it)."""
     hosts.restore(name)
-    if alive_nodes(hosts) < 3:
+    if hosts.alive_nodes() < 3:
         hosts.stop_ray(name)
         hosts.start_ray(name, cpus=1)
     wait_nodes(hosts, 3)

@@ -59,15 +59,22 @@ def hosts(data_dir):
 
     state = Path(tempfile.mkdtemp(prefix="dcgh-", dir="/tmp"))  # short: Ray's sockets
     tag = os.getpid() % 200
+    links_before = _links()
     prefix = f"dcgt{tag}"
     try:
         with running(state, workers=2, prefix=prefix, subnet=f"10.99.{tag}.0/24") as h:
             yield h
         assert namespaces(prefix) == []
+        assert _links() == links_before  # the machine's own namespace never got a link
         left = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
         assert left.stdout.strip() == "", f"processes left: {left.stdout}"
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip() for line in out.splitlines() if ":" in line}
 
 
 def submit_args(hosts, out: Path, *extra: str, **overrides) -> list[str]:

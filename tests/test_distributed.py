@@ -46,7 +46,7 @@ from .test_monitoring import dashboard_queries, have, prom_api, prometheus_serve
 pytestmark = pytest.mark.slow
 
 SMALL = {"train_subset": 640, "batch_size": 32, "epochs": 2, "log_every": 5, "sample_every": 10,
-         "eval_samples": 200, "checkpoint_every": 1}
+         "eval_samples": 200, "rescore_samples": 300, "checkpoint_every": 1}
 
 
 def dist_args(out, data_dir, address: str, **overrides):

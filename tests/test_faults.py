@@ -209,7 +209,7 @@ def test_corrupt_side_files_are_rebuilt_from_the_checkpoint(first_epoch, tmp_pat
     else:
         target.write_bytes(b"\x00garbage: [not, valid\n" * 10)
     again = run_cli(train_args(run, data_dir, "--resume", epochs=2, eval_every=1,
-                               eval_samples=200))
+                               eval_samples=200, rescore_samples=300))
     assert again.returncode == 0, again.stderr
     assert stats_steps(run) == list(range(16))
     evals = pq.read_table(run / EVAL_FILE).to_pylist()  # G and its moving average

@@ -372,7 +372,7 @@ def test_dashboard_queries_return_data_from_a_real_prometheus(tmp_path, data_dir
     # when training ends.
     args = ["train", "--out", str(run_dir), "--no-progress", "--metrics-port", str(port),
             *sets({"train_subset": 512, "batch_size": 32, "epochs": 40, "device": "cpu",
-                   "log_every": 2, "eval_every": 1, "eval_samples": 200,
+                   "log_every": 2, "eval_every": 1, "eval_samples": 200, "rescore_samples": 300,
                    "sample_every": 0, "checkpoint_every": 0, "data_dir": data_dir})]
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}

@@ -187,7 +187,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, data_dir, args, text, messa
 
 # A tiny budget: 4 trials of at most 120 steps of batch 16.
 SEARCH = {"train_subset": 2048, "batch_size": 16, "device": "cpu", "precision": "bf16",
-          "eval_samples": 300, "log_every": 10, "seed": 1}
+          "eval_samples": 300, "rescore_samples": 300, "log_every": 10, "seed": 1}
 # Learning rates and regularisation that learn quickly (the seed's need ~1000 steps before
 # the generator draws digits, more than a test can afford on 2 CPU cores), and one g_lr at
 # which the generator learns nothing: ASHA must stop such a trial at its first rung whatever

@@ -49,6 +49,37 @@ def _rates_axis(ax, steps: np.ndarray, columns: Mapping[str, Sequence]) -> None:
     right.legend(loc="lower right", fontsize=8)
 
 
+AUGMENT_TITLE = "Augmentation of what D sees (p) and D's overfitting (r)"
+
+
+def _augment_columns(columns: Mapping[str, Sequence], n: int
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(p, r) of a run that augments (a finite p in every row), else None."""
+    p = np.asarray(columns.get("augment_p", []), dtype=float)
+    if len(p) != n or n == 0 or not np.isfinite(p).all():
+        return None
+    r = np.asarray(columns.get("augment_r", [np.nan] * n), dtype=float)
+    return p, r
+
+
+def _augment_panel(ax, steps: np.ndarray, p: np.ndarray, r: np.ndarray,
+                   per_epoch: int) -> None:
+    ax.plot(steps, p, color="tab:blue", lw=1.4, label="p (probability of each transform)")
+    if np.isfinite(r).any():
+        ax.plot(steps, r, color="tab:orange", lw=1, alpha=0.8,
+                label="r = E[sign D(x)] on real images (controller's latest)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.axhline(0, color="black", ls="--", lw=0.8)
+    ax.set_title(AUGMENT_TITLE)
+    ax.set_xlabel("step (iteration)")
+    ax.set_ylabel("p, r")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    top = ax.secondary_xaxis("top", functions=(lambda s: s / per_epoch,
+                                               lambda e: e * per_epoch))
+    top.set_xlabel("epoch", fontsize=8)
+
+
 def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int | None = None,
                  title: str = "DCGAN training analysis"):
     """Return the matplotlib Figure (6 panels, titles, axis labels, legends)."""
@@ -64,7 +95,10 @@ def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int |
     k = smooth or default_smoothing(n)
     per_epoch = max(int(max(columns.get("batch", [0]) or [0])) + 1, 1)
 
-    fig, axes = plt.subplots(3, 2, figsize=(15, 14), layout="constrained")
+    augment = _augment_columns(columns, n)
+    # The seed's six panels; a run that augments what D sees gets a row for p and r below.
+    rows = 4 if augment else 3
+    fig, axes = plt.subplots(rows, 2, figsize=(15, 14 + 4 * (rows - 3)), layout="constrained")
     fig.suptitle(f"{title} ({n} iterations, {n / per_epoch:.1f} epochs)", fontsize=14)
     ax = axes.flat
 
@@ -120,6 +154,10 @@ def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int |
         top = a.secondary_xaxis("top", functions=(lambda s: s / per_epoch,
                                                   lambda e: e * per_epoch))
         top.set_xlabel("epoch", fontsize=8)
+
+    if augment:
+        _augment_panel(ax[6], steps, *augment, per_epoch)
+        ax[7].axis("off")
 
     panel = ax[5]
     panel.set_title(PANEL_TITLES[5])

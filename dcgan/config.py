@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dcgan.ema import DECAY_RULE, valid_decay
+from dcgan.augment import TRANSFORMS
 from dcgan.errors import ConfigError
 from dcgan.losses import LOSSES, build_loss, loss_defaults
 
@@ -27,6 +27,15 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 MAX_EVAL_SAMPLES = 100_000  # 313 MB of images per evaluation
 MAX_LATENT_DIM = 4096
 MAX_CRITIC_STEPS = 100
+# The one rule for an EMA decay (the ema_decay key and dcgan.ema): 0 copies G, and 1 would
+# freeze the average at G's initial weights, which no run wants.
+DECAY_RULE = "must be in [0, 1) (0 turns it off)"
+
+
+def valid_decay(decay: float) -> bool:
+    return 0 <= decay < 1
+
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -35,6 +44,11 @@ class Tristate(str):
     and the strings (``--set channels_last=false``) both give "true" or "false"."""
 
     CHOICES = ("auto", "true", "false")
+
+
+class Names(str):
+    """The type of a list-of-names key: comma-separated (``--set augment=translation,cutout``)
+    or a YAML list, kept as the comma-separated string ("" for none)."""
 
 
 def _default_data_dir() -> str:
@@ -85,6 +99,14 @@ class TrainConfig:
     auto_balance: bool = False  # lower D's rate while D's accuracy is above its band
     balance_every: int = 200  # steps between two balance decisions
     balance_floor: float = 0.1  # D's rate never falls below this fraction of d_lr
+    # Differentiable augmentation of every image D sees (dcgan.augment), off by default.
+    augment: Names = ""  # transforms, comma-separated: translation, cutout ("" = off)
+    augment_p: float = 0.0  # probability of each transform per image (adaptive: its start)
+    augment_target: float = 0.0  # adaptive p (ADA): the target of r = E[sign D(x)] (0 = fixed)
+    augment_every: int = 4  # adaptive: steps between two adjustments of p
+    augment_speed: int = 100_000  # adaptive: images for p to cross 0-1 at the fastest
+    augment_shift: float = 0.125  # translation: up to this fraction of the image, each way
+    augment_cutout: float = 0.25  # cutout: a square of this fraction of the image's side
     # Distributed mode (dcgan train-distributed); ignored by local runs.
     sync_batchnorm: Tristate = "auto"  # auto (on for GPU workers), true, false
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before giving up
@@ -105,7 +127,8 @@ class TrainConfig:
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "Tristate": Tristate,
-                           "bool": bool}
+                           "bool": bool, "Names": Names}
+MAX_AUGMENT_SPEED = 10**9
 
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -179,11 +202,30 @@ def validate(cfg: TrainConfig) -> None:
         _require(build_loss(cfg).profile.acc_band is not None, "auto_balance",
                  f"needs a loss with a healthy accuracy band; {cfg.loss}'s critic has none",
                  cfg.auto_balance)
+    names = cfg.augment.split(",") if cfg.augment else []
+    for name in names:
+        _require(name in TRANSFORMS, "augment",
+                 f"must name transforms among {', '.join(TRANSFORMS)}", cfg.augment)
+    _require(len(set(names)) == len(names), "augment", "names a transform twice", cfg.augment)
+    _require(0 <= cfg.augment_p <= 1, "augment_p", "must be in [0, 1]", cfg.augment_p)
+    _require(0 <= cfg.augment_target < 1, "augment_target", "must be in [0, 1) (0: a fixed p)",
+             cfg.augment_target)
+    for key in ("augment_p", "augment_target"):
+        _require(bool(names) or not getattr(cfg, key), key,
+                 "needs transforms to apply (augment=translation,cutout)", getattr(cfg, key))
+    _require(cfg.augment_every >= 1, "augment_every", "must be >= 1", cfg.augment_every)
+    _require(1 <= cfg.augment_speed <= MAX_AUGMENT_SPEED, "augment_speed",
+             f"must be in 1-{MAX_AUGMENT_SPEED}", cfg.augment_speed)
+    _require(0 < cfg.augment_shift <= 0.5, "augment_shift", "must be in (0, 0.5]",
+             cfg.augment_shift)
+    _require(0 < cfg.augment_cutout <= 1, "augment_cutout", "must be in (0, 1]",
+             cfg.augment_cutout)
     # A compiled step guards on the rates' values: a rate that changes would recompile it.
-    changing = [k for k in ("lr_decay", "auto_balance") if getattr(cfg, k)]
+    # (and on p's): a rate or a p that changes would recompile it.
+    changing = [k for k in ("lr_decay", "auto_balance", "augment_target") if getattr(cfg, k)]
     _require(cfg.compile == "off" or not changing, "compile",
              f"must be off with {' or '.join(changing)} (a compiled step would recompile "
-             "at every change of learning rate)", cfg.compile)
+             "at every change of learning rate or augmentation probability)", cfg.compile)
 
 
 def _coerce(key: str, raw: Any) -> Any:
@@ -195,6 +237,12 @@ def _coerce(key: str, raw: Any) -> Any:
         if isinstance(raw, str) and raw.strip().lower() in Tristate.CHOICES:
             return raw.strip().lower()
         raise ConfigError(key, f"must be one of auto, true, false (got {raw!r})")
+    if want is Names:
+        items = raw if isinstance(raw, list) else raw.split(",") if isinstance(raw, str) \
+            else None
+        if items is None or not all(isinstance(i, str) for i in items):
+            raise ConfigError(key, f"must be names, comma-separated or a list (got {raw!r})")
+        return ",".join(i.strip().lower() for i in items if i.strip())
     if want is bool:
         if isinstance(raw, bool):
             return raw

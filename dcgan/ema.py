@@ -20,20 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcgan.config import DECAY_RULE, valid_decay
+
 # Noise for the recomputed BatchNorm statistics: 8 batches of 256. The estimate has settled
 # well before that (every BN channel averages over samples x positions), and a CPU pays for
 # each image as for a sampled one.
 BN_BATCHES = 8
 BN_BATCH = 256
-
-
-# The one rule for a decay (the config's ema_decay key uses it too): 0 copies G, and 1 would
-# freeze the average at G's initial weights, which no run wants.
-DECAY_RULE = "must be in [0, 1) (0 turns it off)"
-
-
-def valid_decay(decay: float) -> bool:
-    return 0 <= decay < 1
 
 
 def warmup_decay(decay: float, updates: int) -> float:

@@ -16,6 +16,9 @@ Three losses, chosen by the ``loss`` config key:
 Everything downstream (the status checks, the report, the figure, the Prometheus gauges and
 alerts, the search objective) reads ``loss.profile`` instead of assuming BCE. Adding a loss is
 one class here and one entry in ``LOSSES`` (docs/architecture.md).
+
+torch is imported where tensors are made, not at the top: the config reads the losses' names,
+defaults and profiles, and ``dcgan --help`` or ``dcgan config`` must not pay for torch.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from functools import cache
+from typing import TYPE_CHECKING, Protocol
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class TrainConfig(Protocol):
@@ -73,6 +77,8 @@ class LossProfile:
 
 
 def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
     # In fp32 whatever the autocast dtype: the loss is tiny work and precision matters there.
     return F.binary_cross_entropy_with_logits(logits.float(), target)
 
@@ -140,6 +146,8 @@ class GANLoss:
     def outputs(self, real_logits: torch.Tensor,
                 fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The d_real_prob / d_fake_prob columns: mean sigmoid(D), P(real) for BCE."""
+        import torch
+
         return torch.sigmoid(real_logits).mean(), torch.sigmoid(fake_logits).mean()
 
 
@@ -160,6 +168,8 @@ class BCELoss(GANLoss):
 
     def targets(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Smoothed labels: real 1-s, fake s (0 when one-sided), made once per batch size."""
+        import torch
+
         key = (n, torch.device(device))
         if key not in self._targets:
             self._targets[key] = (torch.full((n,), self.real_target, device=device),
@@ -219,6 +229,8 @@ class HingeLoss(GANLoss):
             notes=("G's loss can be negative: no loss ratio or loss band applies",))
 
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
 
     def g_loss(self, gen_logits: torch.Tensor) -> torch.Tensor:
@@ -272,7 +284,7 @@ class WGANGPLoss(GANLoss):
 
     def penalty(self, critic: nn.Module, real: torch.Tensor,
                 fake: torch.Tensor) -> torch.Tensor:
-        return gradient_penalty(critic, real, fake.detach(), self.gp_weight)
+        return _eager(gradient_penalty)(critic, real, fake.detach(), self.gp_weight)
 
     def accuracies(self, real_logits, fake_logits):
         mid = (real_logits.mean() + fake_logits.mean()) / 2
@@ -282,13 +294,23 @@ class WGANGPLoss(GANLoss):
         return real_logits.mean(), fake_logits.mean()
 
 
+@cache
+def _eager(fn: Callable) -> Callable:
+    """``fn`` run in eager mode even inside a compiled step (decorated on first use, so that
+    importing this module does not import torch)."""
+    import torch
+
+    return torch._dynamo.disable(fn)
+
+
 # The penalty's double backward runs in eager mode even inside a compiled step: compiled
-# (AOT autograd) graphs do not support create_graph=True.
-@torch._dynamo.disable
+# (AOT autograd) graphs do not support create_graph=True (``WGANGPLoss.penalty``).
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                      weight: float) -> torch.Tensor:
     """weight * E[(||d critic(x_hat) / d x_hat||_2 - 1)^2], x_hat on random lines between real
     and fake images (one uniform draw per image, from the global RNG)."""
+    import torch
+
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = (eps * real + (1 - eps) * fake.to(real.dtype)).requires_grad_(True)
     scores = critic(x_hat)

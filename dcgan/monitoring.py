@@ -57,6 +57,27 @@ LIMIT_GAUGES = {
 }
 
 
+# The augmentation of what D sees (dcgan.augment): gauge name -> stats column.
+AUGMENT_GAUGES = {
+    "dcgan_augment_probability": ("augment_p", "Probability that each augmentation transform "
+                                               "is applied to an image D sees (0-1)"),
+    "dcgan_augment_overfitting": ("augment_r", "r = E[sign D(x)] on real images at the "
+                                               "controller's latest decision (ADA's measure of "
+                                               "D's overfitting; p rises while r > "
+                                               "augment_target)"),
+}
+
+
+def augment_values(trainer: Trainer, rows: Sequence[dict]) -> dict[str, float] | None:
+    """The latest row's augmentation columns (only finite values: r is unknown until the
+    controller's first decision)."""
+    if trainer.augment is None or not rows:
+        return None
+    last = rows[-1]
+    return {col: float(last[col]) for col, _ in AUGMENT_GAUGES.values()
+            if math.isfinite(last[col])}
+
+
 def profile_limits(profile: LossProfile) -> dict[str, float]:
     limits = {}
     if profile.ratio_band is not None:
@@ -104,6 +125,9 @@ class MetricsUpdate:
     status: str | None = None
     fid: float | None = None  # the better generator (G or its average) at the latest step
     best_fid: float | None = None  # the run's best so far: dcgan_generator_best.pth
+    # The augmentation's p and the overfitting measure r at the latest row (AUGMENT_GAUGES
+    # keys); None when the run does not augment.
+    augment: dict[str, float] | None = None
     active: bool = True
 
 
@@ -149,7 +173,7 @@ class MetricsCallback(Callback):
             window=values[0] if values else None, status=values[1] if values else None,
             limits=profile_limits(profile),
             fid=latest["fid"] if latest else None, best_fid=best["fid"] if best else None,
-            active=active)
+            augment=augment_values(trainer, rows), active=active)
 
     def on_train_start(self, trainer: Trainer) -> None:
         self._last_time = None  # the first row after a (re)start has no predecessor
@@ -208,6 +232,8 @@ class MetricsExporter:
                               registry=r)
         self.step_time = Histogram("dcgan_step_duration_seconds", "Wall time per training "
                                    "step", LABELS, buckets=STEP_BUCKETS, registry=r)
+        self.augment = {name: Gauge(name, doc, LABELS, registry=r)
+                        for name, (_, doc) in AUGMENT_GAUGES.items()}
         self.info = Info("dcgan_run", "Version and configuration of the run", LABELS[:3],
                          registry=r)
         self.server = None
@@ -241,6 +267,9 @@ class MetricsExporter:
             self.fid.labels(*labels).set(update.fid)
         if update.best_fid is not None:
             self.best_fid.labels(*labels).set(update.best_fid)
+        for name, (column, _) in AUGMENT_GAUGES.items():
+            if update.augment and column in update.augment:
+                self.augment[name].labels(*labels).set(update.augment[column])
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on host:port; returns the bound port."""

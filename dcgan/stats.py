@@ -17,8 +17,10 @@ from dcgan.io import atomic_write_parquet
 from dcgan.layout import EVAL_FILE, STATS_FILE  # noqa: F401  (re-exported)
 from dcgan.step import STEP_VALUES
 
-# g_lr, d_lr: the learning rates the step trained with (dcgan.schedule may change them).
-RATE_COLUMNS = ("g_lr", "d_lr")
+# Host values the step trained with: g_lr, d_lr, the learning rates (dcgan.schedule may
+# change them); augment_p, the augmentation probability, and augment_r, the overfitting
+# measure of the controller's latest decision (dcgan.augment; NaN before the first).
+RATE_COLUMNS = ("g_lr", "d_lr", "augment_p", "augment_r")
 COLUMNS = ("step", "epoch", "batch", *STEP_VALUES, *RATE_COLUMNS, "time")
 _INT_COLUMNS = ("step", "epoch", "batch")
 
@@ -41,7 +43,8 @@ class TrainingStats:
         return len(self.columns["step"])
 
     def record(self, step: int, epoch: int, batch: int, elapsed: float,
-               values: torch.Tensor, rates: tuple[float, float] = (math.nan, math.nan)) -> None:
+               values: torch.Tensor,
+               rates: tuple[float, ...] = (math.nan,) * len(RATE_COLUMNS)) -> None:
         self._pending.append((step, epoch, batch, elapsed, rates, values))
 
     def flush(self) -> list[dict]:
@@ -84,7 +87,7 @@ class TrainingStats:
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["step"])
-        # A state from before the rate columns: their values then are unknown (NaN).
+        # A state from before a rate or augmentation column: its values are unknown (NaN).
         self.columns = {c: state[c].tolist() if c in state else [math.nan] * n
                         for c in COLUMNS}
         if self.reduce is None:

@@ -37,6 +37,8 @@ class GANParts:
     d_for_g: nn.Module | None = None  # D as seen by the G update; defaults to ``discriminator``
     # False on the critic-only iterations of ``critic_steps`` > 1: D updates, G does not.
     update_g: bool = True
+    # Every image D sees, real or fake, in both updates, goes through this (dcgan.augment).
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def label_smoothing(self) -> float | None:
@@ -70,6 +72,7 @@ def gan_step(parts: GANParts, real: torch.Tensor, z: torch.Tensor) -> torch.Tens
     """
     g, d, loss = parts.generator, parts.discriminator, parts.loss
     d_for_g = parts.d_for_g if parts.d_for_g is not None else d
+    seen = parts.augment or _as_is
 
     with parts.autocast(), torch.set_grad_enabled(parts.update_g):
         fake = g(z)
@@ -77,18 +80,19 @@ def gan_step(parts: GANParts, real: torch.Tensor, z: torch.Tensor) -> torch.Tens
     # which the G update backpropagates through once; fused with D's forward, D's backward
     # would free it first. (No-op in eager mode.)
     torch._dynamo.graph_break()
+    real_seen, fake_seen = seen(real), seen(fake.detach())
     with parts.autocast():
-        real_logits = d(real)
-        fake_logits = d(fake.detach())
+        real_logits = d(real_seen)
+        fake_logits = d(fake_seen)
     d_loss = loss.d_loss(real_logits, fake_logits)
-    penalty = loss.penalty(d, real, fake)
+    penalty = loss.penalty(d, real_seen, fake_seen)
     _backward_step(parts, d_loss if penalty is None else d_loss + penalty, parts.opt_d)
 
     if parts.update_g:
         d_for_g.requires_grad_(False)  # G's update needs dL/dx through D, not D's weight grads
         try:
             with parts.autocast():
-                gen_logits = d_for_g(fake)
+                gen_logits = d_for_g(seen(fake))
             g_loss = loss.g_loss(gen_logits)
             _backward_step(parts, g_loss, parts.opt_g)
         finally:
@@ -104,6 +108,10 @@ def gan_step(parts: GANParts, real: torch.Tensor, z: torch.Tensor) -> torch.Tens
         d_total = d_loss.detach() if penalty is None else (d_loss + penalty).detach()
         return torch.stack([d_total, g_loss.detach(), *loss.accuracies(real_logits, fake_logits),
                             *loss.outputs(real_logits, fake_logits)])
+
+
+def _as_is(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 StepFn = Callable[[GANParts, torch.Tensor, torch.Tensor], torch.Tensor]

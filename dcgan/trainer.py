@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcgan.augment import Augment, AugmentController, step_size
 from dcgan.config import TrainConfig
 from dcgan.data import BatchSampler
 from dcgan.ema import GeneratorEMA
@@ -153,9 +154,28 @@ class Trainer:
         self.balance = (BalanceController(profile.acc_band, cfg.balance_every,
                                           cfg.balance_floor)
                         if cfg.auto_balance and profile.acc_band is not None else None)
+        self.augment, self.augment_control = self._build_augment(cfg, device, rank)
+        self.parts.augment = self.augment
         self.stop_requested: str | None = None  # set by a signal handler
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
+
+    @staticmethod
+    def _build_augment(cfg: TrainConfig, device: torch.device, rank: int
+                       ) -> tuple[Augment | None, AugmentController | None]:
+        """The augmentation of what D sees and its controller (None: off); its random stream
+        differs per rank, like the noise."""
+        if not cfg.augment:
+            return None, None
+        gen = torch.Generator(device=device)
+        gen.manual_seed(derive_seed(cfg.seed, "augment", rank))
+        augment = Augment(cfg.augment.split(","), cfg.augment_shift, cfg.augment_cutout, gen)
+        augment.p = cfg.augment_p
+        control = (AugmentController(cfg.augment_target, cfg.augment_every,
+                                     step_size(cfg.augment_every, cfg.batch_size,
+                                               cfg.augment_speed))
+                   if cfg.augment_target > 0 else None)
+        return augment, control
 
     # -- time and stats ---------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -169,6 +189,8 @@ class Trainer:
             return rows
         if self.balance is not None:
             self.balance.observe(rows)
+        if self.augment_control is not None:
+            self.augment_control.observe(rows)
         for cb in self.callbacks:
             cb.on_rows(self, rows)
         for row in rows:
@@ -204,6 +226,9 @@ class Trainer:
                         self.flush()
                     if self.balance is not None and self.balance.due(self.step):
                         self._balance_decision()
+                    if (self.augment_control is not None
+                            and self.augment_control.due(self.step)):
+                        self.augment.p = self.augment_control.decide(self.augment.p)
                     for cb in self.callbacks:
                         cb.on_step_end(self)
                     if self.stop_requested or self.step >= self.total_steps:
@@ -220,9 +245,10 @@ class Trainer:
         self._finish(outcome)
         return outcome
 
-    def _apply_rates(self) -> tuple[float, float]:
+    def _apply_rates(self) -> tuple[float, float, float, float]:
         """Set both optimizers' learning rates for the coming step (the config's, times the
-        decay and, for D, the balance controller's multiplier); return them for the stats."""
+        decay and, for D, the balance controller's multiplier); return them, with the
+        augmentation's p and r, for the stats (``stats.RATE_COLUMNS``)."""
         cfg = self.cfg
         decay = decay_factor(self.step, self.total_steps, cfg.lr_decay, cfg.lr_decay_final)
         d_scale = self.balance.scale if self.balance is not None else 1.0
@@ -230,7 +256,9 @@ class Trainer:
         for opt, lr in zip((self.opt_g, self.opt_d), rates, strict=True):
             for group in opt.param_groups:
                 group["lr"] = lr
-        return rates
+        p = self.augment.p if self.augment is not None else math.nan
+        r = self.augment_control.last_r if self.augment_control is not None else math.nan
+        return (*rates, p, r)
 
     def _balance_decision(self) -> None:
         change = self.balance.decide(self.step)
@@ -244,9 +272,10 @@ class Trainer:
         neither starts a collective of its own."""
         every = self.cfg.checkpoint_every_steps
         balance = self.balance is not None and self.balance.due(self.step)
+        augment = self.augment_control is not None and self.augment_control.due(self.step)
         return (batch % self.cfg.log_every == 0 or batch == self.batches_per_epoch - 1
                 or bool(every and self.step % every == 0) or self.step >= self.total_steps
-                or balance)
+                or balance or augment)
 
     def _finish(self, outcome: Outcome) -> None:
         for cb in self.callbacks:
@@ -282,7 +311,15 @@ class Trainer:
             "best_generator": self.best_generator,
             "candidates": self.candidates,
             "balance": self.balance.state_dict() if self.balance is not None else None,
+            "augment": self._augment_state(),
         }
+
+    def _augment_state(self) -> dict[str, Any] | None:
+        if self.augment is None:
+            return None
+        control = self.augment_control
+        return {**self.augment.state_dict(),
+                "control": control.state_dict() if control is not None else None}
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint",
                         restore_rng: bool = True) -> None:
@@ -306,6 +343,11 @@ class Trainer:
             self.candidates = list(state.get("candidates") or [])
             if self.balance is not None and state.get("balance"):
                 self.balance.load_state_dict(state["balance"])
+            augment = state.get("augment")  # absent before augmentation, or turned on now
+            if self.augment is not None and augment:
+                self.augment.p = float(augment["p"])  # its random stream: with the RNGs below
+                if self.augment_control is not None and augment.get("control"):
+                    self.augment_control.load_state_dict(augment["control"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{source} does not match this model: "
                                   f"{first_line(exc)}") from None
@@ -322,6 +364,11 @@ class Trainer:
             if rng.get("cuda") is not None:
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
             self.noise_gen.set_state(rng["noise"])
+            if self.augment is not None and state.get("augment"):
+                self.augment.generator.set_state(state["augment"]["generator"])
         else:  # another rank's or device's state: deterministic, not bit-exact
             torch.manual_seed(derive_seed(self.cfg.seed, "dropout", self.rank, self.step))
             self.noise_gen.manual_seed(derive_seed(self.cfg.seed, "noise", self.rank, self.step))
+            if self.augment is not None:
+                self.augment.generator.manual_seed(
+                    derive_seed(self.cfg.seed, "augment", self.rank, self.step))

@@ -24,7 +24,8 @@ def test_exactly_the_documented_keys():
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
         "max_steps", "precision", "channels_last", "compile", "ema_decay", "eval_every",
         "eval_samples", "rescore_top", "rescore_samples", "lr_decay", "lr_decay_final",
-        "auto_balance", "balance_every", "balance_floor",
+        "auto_balance", "balance_every", "balance_floor", "augment", "augment_p",
+        "augment_target", "augment_every", "augment_speed", "augment_shift", "augment_cutout",
         "sync_batchnorm", "max_failures"]
 
 

@@ -69,6 +69,12 @@ def _add_bench_quality(sub: argparse._SubParsersAction) -> None:
     add_data_dir_arg(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key of every configuration (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the study in --out again (default: a rerun of the same command "
+                        "skips the runs it finished and continues the one it stopped in)")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS", default=None,
+                   help="train nothing: join finished studies (results.json files or their "
+                        "folders) into one in --out, with their summary and charts")
     p.set_defaults(func=_cmd_bench_quality)
 
 

@@ -55,8 +55,10 @@ RAY_STATE_FILE = "state.pt"
 STATE_RE = re.compile(r"^state_step_(\d+)\.pt$")
 STATE_TMP_GLOB = ".state_step_*.tmp"  # left by a writer killed mid-write
 GENERATOR_EPOCH_GLOB = "dcgan_generator_epoch_*.pth"
-# What --overwrite removes (and nothing else), besides CHECKPOINT_DIR.
-ARTIFACT_PATTERNS = (CONFIG_FILE, STATS_FILE, "dcgan_*.png", "dcgan_*.pth", "dcgan_*.json")
+# What --overwrite removes (and nothing else), besides CHECKPOINT_DIR: every file above
+# (the evaluations' table too: left behind, analyze would report the old run's FIDs).
+ARTIFACT_PATTERNS = (CONFIG_FILE, "dcgan_*.parquet", "dcgan_*.png", "dcgan_*.pth",
+                     "dcgan_*.json")
 
 # A search directory (dcgan tune --out).
 TRIALS_TABLE = "trials.parquet"

@@ -96,10 +96,14 @@ def test_overwrite_replaces_only_our_files(tmp_path, data_dir):
     assert run_cli(tiny_train_args(out, data_dir, epochs=1)).returncode == 0
     (out / "notes.txt").write_text("mine")
     (out / "dcgan_samples_epoch_9_batch_0.png").write_bytes(b"stale")
-    proc = run_cli([*tiny_train_args(out, data_dir, epochs=1, sample_every=0), "--overwrite"])
+    assert (out / layout.EVAL_FILE).exists()
+    proc = run_cli([*tiny_train_args(out, data_dir, epochs=1, sample_every=0, eval_every=0),
+                    "--overwrite"])
     assert proc.returncode == 0, proc.stderr
     assert (out / "notes.txt").read_text() == "mine"
     assert not list(out.glob("dcgan_samples_*.png"))
+    # The first run's evaluations went with it: analyze must not report them as this run's.
+    assert not (out / layout.EVAL_FILE).exists()
 
 
 def test_resume_without_checkpoint(tmp_path, data_dir):

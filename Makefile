@@ -105,9 +105,17 @@ endif
 smoke: install
 	$(BIN)/dcgan train --out $(SMOKE_RUN) --config configs/smoke.yaml --overwrite $(TRAIN_ARGS)
 
-# Everything but the network-fault set (test-multihost), which needs root and ~10 minutes.
+# Extra pytest arguments for test and test-fast (.ci/run: the 25 slowest tests and a JUnit
+# report for python -m dcgan_benchmarks.suite_times).
+PYTEST_ARGS ?=
+# Test processes (pytest-xdist), each taking whole files (their module fixtures stay
+# shared): most of the suite waits on Ray, subprocesses and servers, not on the CPU.
+TEST_WORKERS ?= 2
+
+# Everything CI runs (.ci/run): all but the network-fault set (test-multihost), which needs
+# root and ~13 minutes (docs/testing.md, "Tiers").
 test: install
-	$(BIN)/python -m pytest -m "not multihost"
+	$(BIN)/python -m pytest -m "not multihost" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Network faults across test hosts (network namespaces; root): docs/reliability.md.
 test-multihost: install
@@ -121,9 +129,10 @@ hosts-up: install
 hosts-down: install
 	$(BIN)/python -m dcgan_cluster.hosts down
 
-# The inner loop: every test that needs no Ray, no Prometheus and no long training.
+# The inner loop (about a minute): no Ray cluster, no Prometheus, no network namespaces, no
+# image, no training longer than a few steps.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not prometheus"
+	$(BIN)/python -m pytest -m "not slow and not prometheus and not ray and not multihost" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check dcgan cluster tune benchmarks tests

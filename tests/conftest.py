@@ -29,6 +29,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (make test) two test processes share the cores: one thread each for
+# torch here and in every process a test starts, or their thread pools fight over them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A run small enough for tests: 256 images, 8 batches of 32 per epoch, on the CPU.
 TINY = {"train_subset": 256, "batch_size": 32, "device": "cpu", "log_every": 2,
         "sample_every": 4, "checkpoint_every": 1, "epochs": 2, "eval_every": 1,
@@ -40,6 +45,14 @@ def sets(values: dict) -> list[str]:
     for key, value in values.items():
         out += ["--set", f"{key}={value}"]
     return out
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that join the suite's Ray head are marked ``ray``: ``make test-fast`` leaves
+    them out."""
+    for item in items:
+        if "ray_head" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,12 +74,59 @@ def data_dir() -> str:
     return path
 
 
+# Commands that may start or join Ray run in a subprocess: a Ray driver must never live in
+# the test process (it would outlast the test and see every later test's imports).
+RAY_COMMANDS = ("train-distributed", "tune")
+
+
 def run_cli(args: list[str], *, cwd: Path | None = None, env: dict | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m dcgan ARGS`` in a subprocess, as a user would run it."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "dcgan", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=cwd or ROOT)
+            timeout: float = 300, subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """``dcgan ARGS`` as a user would run it: its exit status, stdout and stderr.
+
+    In process (``dcgan.cli.main``) unless ``subprocess_`` or the command may start Ray: a
+    subprocess adds ~3 s of imports per call and shows nothing more for most promises. Keep
+    ``subprocess_=True`` where only a real process shows it (the entry point's exit status,
+    signals, leaks, a clean environment)."""
+    if subprocess_ or (args and args[0] in RAY_COMMANDS):
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        return subprocess.run([sys.executable, "-m", "dcgan", *args], capture_output=True,
+                              text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT)
+    return run_in_process(args, cwd=cwd, env=env, timeout=timeout)
+
+
+def run_in_process(args: list[str], *, cwd: Path | None = None, env: dict | None = None,
+                   timeout: float = 300) -> subprocess.CompletedProcess:
+    """``dcgan.cli.main(ARGS)`` here, with what a process would show: its output, its exit
+    status (an uncaught exception prints its traceback and gives 1, as Python would). The
+    environment and working directory are the call's and restored afterwards; ``timeout``
+    is a hang guard that dumps every thread's stack and ends the suite."""
+    import faulthandler
+    import io
+    import traceback
+
+    from dcgan.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env = dict(os.environ)
+    os.environ.update(env or {})
+    faulthandler.dump_traceback_later(timeout + 60, exit=True)
+    try:
+        with contextlib.chdir(cwd or ROOT), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors and --help
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    print(exc.code, file=sys.stderr)
+            except BaseException:  # noqa: BLE001 - shown as the process would show it
+                traceback.print_exc()
+                code = 1
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["dcgan", *args], code, out.getvalue(), err.getvalue())
 
 
 _RAY_PROBE = """
@@ -110,9 +170,10 @@ def tiny_train_args(out: Path, data_dir: str, **overrides) -> list[str]:
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, data_dir) -> SimpleNamespace:
-    """One tiny completed run (2 epochs of 8 steps), shared by read-only tests."""
+    """One tiny completed run (2 epochs of 8 steps), shared by read-only tests; through the
+    real entry point in its own process (what a user runs, end to end)."""
     out = tmp_path_factory.mktemp("e2e") / "run"
-    proc = run_cli(tiny_train_args(out, data_dir))
+    proc = run_cli(tiny_train_args(out, data_dir), subprocess_=True)
     assert proc.returncode == 0, proc.stderr
     return SimpleNamespace(out=out, proc=proc)
 

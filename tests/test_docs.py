@@ -87,3 +87,30 @@ def test_every_exported_metric_is_in_the_monitoring_page():
 
     names = sorted({m.name for m in MetricsExporter("r", "local", {}).registry.collect()})
     assert names and _named("monitoring.md", names) == []
+
+
+def test_the_suite_times_table_is_the_generators_output():
+    """docs/testing.md's time-by-file table is what benchmarks/suite_times.py renders from
+    docs/results/suite-times.json: no figure in it is copied by hand."""
+    from dcgan_benchmarks.suite_times import BEGIN, END, RESULTS, render
+
+    recorded = json.loads(RESULTS.read_text())
+    assert {"before", "after"} <= set(recorded)
+    page = (ROOT / "docs" / "testing.md").read_text()
+    table = page[page.index(BEGIN) + len(BEGIN):page.index(END)].strip()
+    assert table == render(recorded).strip()
+
+
+def test_suite_times_reads_a_junit_report(tmp_path):
+    from dcgan_benchmarks.suite_times import read_junit
+
+    xml = tmp_path / "j.xml"
+    xml.write_text('<testsuites><testsuite time="12.5">'
+                   '<testcase classname="tests.test_a" name="t1" time="2.0"/>'
+                   '<testcase classname="tests.test_a" name="t2" time="3.5"><failure/></testcase>'
+                   '<testcase classname="tests.test_b.TestX" name="t3" time="7.0"/>'
+                   '</testsuite></testsuites>')
+    run = read_junit(xml)
+    assert run["wall_s"] == 12.5 and run["tests"] == 3 and run["failed"] == 1
+    assert run["files"]["test_a.py"] == {"tests": 2, "seconds": 5.5, "failed": 1, "skipped": 0}
+    assert run["slowest"][0] == {"test": "test_b.py::t3", "seconds": 7.0}

@@ -71,8 +71,8 @@ def render(recorded: dict) -> str:
         total += [f"**{run['tests']}**", f"**{run['wall_s']:,.0f}**"]
     rows.append("| **whole run (wall)** | " + " | ".join(total) + " |")
     notes = [f"- **{n}** ({recorded[n]['date']}): {recorded[n]['note']}"
-             + (f" {recorded[n]['failed']} failed." if recorded[n]["failed"] else "")
-             for n in names]
+             + (f" ({recorded[n]['failed']} tests failed in this run.)"
+                if recorded[n]["failed"] else "") for n in names]
     return "\n".join(rows + [""] + notes)
 
 

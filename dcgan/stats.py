@@ -99,7 +99,9 @@ class TrainingStats:
         types = {c: pa.int64() if c in _INT_COLUMNS else pa.float64() for c in COLUMNS}
         for m in STEP_VALUES:
             types[m] = pa.float32()
-        return pa.table({c: pa.array(self.columns[c], type=types[c]) for c in COLUMNS})
+        # An unknown rate or augmentation value (NaN in memory) is a null in the file.
+        return pa.table({c: pa.array(self.columns[c], type=types[c],
+                                     from_pandas=c in RATE_COLUMNS) for c in COLUMNS})
 
     def write_parquet(self, path: str | Path) -> None:
         atomic_write_parquet(self.to_table(), path)

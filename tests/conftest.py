@@ -48,11 +48,14 @@ def sets(values: dict) -> list[str]:
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Tests that join the suite's Ray head are marked ``ray``: ``make test-fast`` leaves
-    them out."""
+    """Tests that join the suite's Ray head are marked ``ray``, and those that read the
+    shared finished run ``slow`` (it trains): ``make test-fast`` leaves both out."""
     for item in items:
-        if "ray_head" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "ray_head" in fixtures:
             item.add_marker(pytest.mark.ray)
+        if "finished_run" in fixtures:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -40,6 +40,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_kill_during_writes_never_leaves_a_truncated_file(tmp_path):
     """SIGKILL a process that rewrites a 40 MB checkpoint in a loop: the file always loads."""
     path = tmp_path / "state.pt"

@@ -73,6 +73,7 @@ def test_a_missing_required_flag_is_one_line(finished_run):
     assert proc.returncode == 2 and "--out RUN_DIR is required" in one_line_error(proc)
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_data_dir_flag_on_training(tmp_path, data_dir):
     from .conftest import TINY, sets
 

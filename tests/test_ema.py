@@ -69,6 +69,7 @@ def test_state_round_trip_is_exact():
         GeneratorEMA(nn.Linear(4, 2), 0.9).load_state_dict(ema.state_dict())
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_averaged_generator_has_its_own_batchnorm_statistics_and_touches_nothing():
     torch.manual_seed(1)
     g = Generator()
@@ -151,6 +152,7 @@ class ScriptedMeter:
                        classifier="scripted")
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir):
     import json
 

@@ -154,6 +154,7 @@ def test_the_core_cli_names_no_wing():
         assert {layer_of(m) for m in graph[module]} <= {"core", "cli"}, graph[module]
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_the_core_imports_and_trains_without_ray(tmp_path, data_dir):
     """With ``ray`` made unimportable, every core module imports, ``dcgan --help`` lists the
     core commands, and a wing command fails with one line naming Ray."""

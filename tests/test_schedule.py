@@ -86,6 +86,7 @@ def _strong_d(data_dir: str, **changes):
                     **changes)
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_balance_and_decay_in_training_resume_bit_exact(data_dir):
     from dcgan.data import load_mnist
     from dcgan.trainer import Callback, Trainer
@@ -128,6 +129,7 @@ def test_balance_and_decay_in_training_resume_bit_exact(data_dir):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_rescoring_names_the_best_at_the_final_n(tmp_path, data_dir):
     from dcgan.callbacks import QualityEvaluator
     from dcgan.data import load_mnist

@@ -397,6 +397,7 @@ def test_interrupted_search_resumes(search, tmp_path, data_dir, ray_head, space_
     assert [row[k] for k in PARAMS] == [first[k] for k in PARAMS]
 
 
+@pytest.mark.slow  # trains: outside make test-fast
 def test_restored_trial_trains_with_its_own_mutated_hyperparameters(data_dir, tmp_path):
     """PBT: an exploiting trial restores the donor's trained state through the run assembly
     (as tune/trial.py does) into a Trainer built from its own mutated config. The state

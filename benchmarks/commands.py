@@ -18,7 +18,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; best one counts")
     p.add_argument("--variants", default=None,
-                   help="comma-separated subset of: baseline,fp32,bf16,fp16")
+                   help="comma-separated subset of: baseline, fp32, bf16, fp16, bf16+augment, "
+                        "ray1, ray2")
     p.set_defaults(func=_cmd_bench)
 
 

@@ -30,6 +30,8 @@ VARIANTS = {
     "fp32": "dcgan trainer, fp32 (in-memory data, channels_last, foreach Adam, no host syncs)",
     "bf16": "dcgan trainer, bf16 autocast (same, plus bf16 matmuls/convs)",
     "fp16": "dcgan trainer, fp16 autocast + grad scaler (GPU only)",
+    "bf16+augment": "dcgan trainer, bf16, every image D sees translated and cut out "
+                    "(augment p = 1: the most augmentation costs)",
     "ray1": "dcgan train-distributed, Ray Train + DDP (gloo), 1 CPU worker, fp32",
     "ray2": "dcgan train-distributed, Ray Train + DDP (gloo), 2 CPU workers, fp32",
 }
@@ -87,7 +89,7 @@ def run_baseline(data_dir: str, batch_size: int, warmup: int, steps: int,
 
 
 def run_trainer(data_dir: str, batch_size: int, *, warmup: int, steps: int,
-                device: torch.device, precision: str) -> float:
+                device: torch.device, precision: str, augment: bool = False) -> float:
     from dcgan.data import load_mnist
     from dcgan.trainer import Callback, Trainer
 
@@ -103,8 +105,9 @@ def run_trainer(data_dir: str, batch_size: int, *, warmup: int, steps: int,
                 _sync(device)
                 self.t1 = time.perf_counter()
 
+    extra = {"augment": "translation,cutout", "augment_p": 1.0} if augment else {}
     cfg = TrainConfig(batch_size=batch_size, data_dir=data_dir, precision=precision,
-                      max_steps=warmup + steps, device=str(device), log_every=100)
+                      max_steps=warmup + steps, device=str(device), log_every=100, **extra)
     images, _ = load_mnist(data_dir)
     timer = Timer()
     Trainer(cfg, images, device, callbacks=[timer]).fit()
@@ -144,8 +147,9 @@ def _child(args: argparse.Namespace) -> int:
     if args.variant == "baseline":
         ips = run_baseline(args.data_dir, args.batch_size, args.warmup, args.steps, device)
     else:
+        precision, _, extra = args.variant.partition("+")
         ips = run_trainer(args.data_dir, args.batch_size, warmup=args.warmup, steps=args.steps,
-                          device=device, precision=args.variant)
+                          device=device, precision=precision, augment=extra == "augment")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     print(json.dumps({"variant": args.variant, "images_per_s": ips, "peak_rss_mib": peak}))
     return 0

@@ -70,9 +70,14 @@ def _augment_panel(ax, steps: np.ndarray, p: np.ndarray, r: np.ndarray,
                 label="r = E[sign D(x)] on real images (controller's latest)")
     ax.set_ylim(-1.05, 1.05)
     ax.axhline(0, color="black", ls="--", lw=0.8)
-    ax.set_title(AUGMENT_TITLE)
-    ax.set_xlabel("step (iteration)")
     ax.set_ylabel("p, r")
+    _dress(ax, AUGMENT_TITLE, per_epoch)
+
+
+def _dress(ax, title: str, per_epoch: int) -> None:
+    """A step panel's title, axes, grid, legend and the epoch scale on top."""
+    ax.set_title(title)
+    ax.set_xlabel("step (iteration)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     top = ax.secondary_xaxis("top", functions=(lambda s: s / per_epoch,
@@ -147,13 +152,7 @@ def build_figure(columns: Mapping[str, Sequence], diag: Diagnosis, smooth: int |
     ax[4].set_ylabel("difference (nats)" if profile.name == "bce" else "difference")
 
     for a, name in zip(ax[:5], PANEL_TITLES[:5], strict=True):
-        a.set_title(name)
-        a.set_xlabel("step (iteration)")
-        a.grid(alpha=0.3)
-        a.legend(loc="best", fontsize=8)
-        top = a.secondary_xaxis("top", functions=(lambda s: s / per_epoch,
-                                                  lambda e: e * per_epoch))
-        top.set_xlabel("epoch", fontsize=8)
+        _dress(a, name, per_epoch)
 
     if augment:
         _augment_panel(ax[6], steps, *augment, per_epoch)

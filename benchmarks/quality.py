@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 
 from dcgan.diagnostics import health_by_epoch
 from dcgan.errors import ConfigError
-from dcgan.io import atomic_write_text
+from dcgan.io import atomic_write_text, results_json
 from dcgan.layout import BEST_GENERATOR, BEST_INFO
 from dcgan.stats import best_overall
 from dcgan.trainer import Callback, Trainer
@@ -269,28 +268,11 @@ def save_steps_figure(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _json_value(x):
-    return str(x)  # a value json cannot write (a Path, say)
-
-
-def finite(value):
-    """``value`` with every non-finite float (NaN, inf) replaced by None: a results file
-    holds numbers or nothing, never a non-standard ``NaN`` token."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def write_study(out: Path, header: dict, runs: list[dict]) -> dict:
     """``results.json`` (the runs and their summary) and both charts in OUT."""
     study = {**header, "runs": runs, "summary": summarize(runs)}
-    text = json.dumps(finite(study), indent=2, default=_json_value, allow_nan=False) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RESULTS_FILE, text)  # never a half-written results file
+    atomic_write_text(out / RESULTS_FILE, results_json(study))  # never half-written
     save_figure(runs, out / FIGURE_FILE)
     save_steps_figure(runs, out / STEPS_FIGURE_FILE)
     return study
@@ -461,6 +443,7 @@ def main(args: argparse.Namespace) -> int:
     results = [r for f in sorted((out / RUNS_DIR).glob("*.json"))
                if (r := read_json(f, "the run result")) is not None]
     done = {r["run"]: r for r in results}
+    study = None  # written after each run that trains; once at the end if none did
     for name, path in configs.items():
         digest = file_digest(path)
         for seed in seeds:
@@ -474,7 +457,7 @@ def main(args: argparse.Namespace) -> int:
                 raise ConfigError("--configs", f"{path} changed since run {label} of this "
                                   "study finished; give --overwrite to start the study again, "
                                   "or another --out")
-            resume = bool(list_states(out / label)) if (out / label).is_dir() else False
+            resume = bool(list_states(out / label))
             if resume:
                 print(f"  {label}: continuing from its latest checkpoint", flush=True)
             r = bench_one(name, path, out, overrides=overrides, budget_s=budget_s,
@@ -484,11 +467,9 @@ def main(args: argparse.Namespace) -> int:
                       "continues the study", file=sys.stderr)
                 return 143
             r["config_digest"] = digest
-            atomic_write_text(out / RUNS_DIR / f"{label}.json",
-                              json.dumps(finite(r), indent=2, default=_json_value,
-                                         allow_nan=False) + "\n")
+            atomic_write_text(out / RUNS_DIR / f"{label}.json", results_json(r))
             results = [x for x in results if x["run"] != label] + [r]
-            write_study(out, header, results)  # the study so far, after every run
+            study = write_study(out, header, results)  # the study so far, after every run
             print(f"  {label} (seed {r['seed']}): {r['steps']} steps in "
                   f"{r['training_s']:.0f} s" + (f", FID {r['fid']:.2f}, IS "
                                                 f"{r['inception_score']:.2f}"
@@ -500,7 +481,8 @@ def main(args: argparse.Namespace) -> int:
     if pairs:
         print("\nG and its moving average at every evaluation (eval_samples images each):")
         print(pairs)
-    study = write_study(out, header, results)
+    if study is None:
+        study = write_study(out, header, results)
     if study["summary"]:
         print("\nEach configuration over its seeds (best generator at the final N):")
         print(summary_table(study["summary"]))

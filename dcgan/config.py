@@ -220,8 +220,8 @@ def validate(cfg: TrainConfig) -> None:
              cfg.augment_shift)
     _require(0 < cfg.augment_cutout <= 1, "augment_cutout", "must be in (0, 1]",
              cfg.augment_cutout)
-    # A compiled step guards on the rates' values: a rate that changes would recompile it.
-    # (and on p's): a rate or a p that changes would recompile it.
+    # A compiled step guards on the rates' and p's values: a rate or a p that changes would
+    # recompile it.
     changing = [k for k in ("lr_decay", "auto_balance", "augment_target") if getattr(cfg, k)]
     _require(cfg.compile == "off" or not changing, "compile",
              f"must be off with {' or '.join(changing)} (a compiled step would recompile "

@@ -12,13 +12,15 @@ nodes and dashboards. (``mkstemp`` alone would leave every file 0600.)
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 @contextlib.contextmanager
@@ -93,6 +95,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def results_json(value: Any) -> str:
+    """A results file's text: indented JSON, one final newline, a non-finite number as null
+    (JSON has no NaN or inf: never a non-standard token), any other value JSON cannot hold
+    (a Path, say) as its str."""
+    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def atomic_write_parquet(table, path: str | Path) -> None:

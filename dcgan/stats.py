@@ -20,8 +20,8 @@ from dcgan.step import STEP_VALUES
 # Host values the step trained with: g_lr, d_lr, the learning rates (dcgan.schedule may
 # change them); augment_p, the augmentation probability, and augment_r, the overfitting
 # measure of the controller's latest decision (dcgan.augment; NaN before the first).
-RATE_COLUMNS = ("g_lr", "d_lr", "augment_p", "augment_r")
-COLUMNS = ("step", "epoch", "batch", *STEP_VALUES, *RATE_COLUMNS, "time")
+HOST_COLUMNS = ("g_lr", "d_lr", "augment_p", "augment_r")
+COLUMNS = ("step", "epoch", "batch", *STEP_VALUES, *HOST_COLUMNS, "time")
 _INT_COLUMNS = ("step", "epoch", "batch")
 
 
@@ -44,7 +44,7 @@ class TrainingStats:
 
     def record(self, step: int, epoch: int, batch: int, elapsed: float,
                values: torch.Tensor,
-               rates: tuple[float, ...] = (math.nan,) * len(RATE_COLUMNS)) -> None:
+               rates: tuple[float, ...] = (math.nan,) * len(HOST_COLUMNS)) -> None:
         self._pending.append((step, epoch, batch, elapsed, rates, values))
 
     def flush(self) -> list[dict]:
@@ -68,7 +68,7 @@ class TrainingStats:
                                                                  strict=True):
             row = {"step": step, "epoch": epoch, "batch": batch,
                    **dict(zip(STEP_VALUES, vals, strict=True)),
-                   **dict(zip(RATE_COLUMNS, rates, strict=True)), "time": elapsed}
+                   **dict(zip(HOST_COLUMNS, rates, strict=True)), "time": elapsed}
             for c in COLUMNS:
                 columns[c].append(row[c])
             rows.append(row)
@@ -101,7 +101,7 @@ class TrainingStats:
             types[m] = pa.float32()
         # An unknown rate or augmentation value (NaN in memory) is a null in the file.
         return pa.table({c: pa.array(self.columns[c], type=types[c],
-                                     from_pandas=c in RATE_COLUMNS) for c in COLUMNS})
+                                     from_pandas=c in HOST_COLUMNS) for c in COLUMNS})
 
     def write_parquet(self, path: str | Path) -> None:
         atomic_write_parquet(self.to_table(), path)

@@ -115,11 +115,12 @@ class Trainer:
         self.opt_g = make_optimizer(self.generator.parameters(), cfg.g_lr, cfg, device)
         self.opt_d = make_optimizer(self.discriminator.parameters(), cfg.d_lr, cfg, device)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self.augment, self.augment_control = self._build_augment(cfg, device, rank)
         self.parts = GANParts(
             generator=wrap(self.generator), discriminator=wrap(self.discriminator),
             d_for_g=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
             loss=self.loss, precision=cfg.precision, device_type=device.type,
-            scaler=self.scaler)
+            scaler=self.scaler, augment=self.augment)
 
         # The whole training set lives on the device (uint8 stays uint8: 47 MB for MNIST);
         # batches are drawn, normalised and laid out there, never copied from the host.
@@ -154,8 +155,6 @@ class Trainer:
         self.balance = (BalanceController(profile.acc_band, cfg.balance_every,
                                           cfg.balance_floor)
                         if cfg.auto_balance and profile.acc_band is not None else None)
-        self.augment, self.augment_control = self._build_augment(cfg, device, rank)
-        self.parts.augment = self.augment
         self.stop_requested: str | None = None  # set by a signal handler
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
@@ -248,7 +247,7 @@ class Trainer:
     def _apply_rates(self) -> tuple[float, float, float, float]:
         """Set both optimizers' learning rates for the coming step (the config's, times the
         decay and, for D, the balance controller's multiplier); return them, with the
-        augmentation's p and r, for the stats (``stats.RATE_COLUMNS``)."""
+        augmentation's p and r, for the stats (``stats.HOST_COLUMNS``)."""
         cfg = self.cfg
         decay = decay_factor(self.step, self.total_steps, cfg.lr_decay, cfg.lr_decay_final)
         d_scale = self.balance.scale if self.balance is not None else 1.0

@@ -104,7 +104,7 @@ def test_a_killed_study_skips_its_finished_runs_and_continues_the_stopped_one(tm
     first = json.loads((out / "runs" / "seed-seed1.json").read_text())
     assert first["steps"] == 24 and first["seed"] == 1 and first["final_n"] == 300
     assert not (out / "runs" / "seed-seed2.json").exists()
-    stopped_at = int(str(list_states(second)[0]).rsplit("_", 1)[1].split(".")[0])
+    stopped_at = int(layout.STATE_RE.match(list_states(second)[0].name).group(1))
     assert 0 < stopped_at < 24
 
     again = run_cli(args, timeout=600)

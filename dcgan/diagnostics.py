@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from dcgan.io import json_safe
 from dcgan.losses import BCELoss, LossProfile, bce_floor, d_loss_floor
 
 __all__ = ["bce_floor", "d_loss_floor"]  # re-exported: the seed's floors, by their old names
@@ -78,7 +79,10 @@ class Diagnosis:
 
     def to_dict(self) -> dict:
         p = self.profile
-        return {"window": asdict(self.window) | {"d_acc": self.window.d_acc},
+        window = asdict(self.window) | {"d_acc": self.window.d_acc}
+        if p.ratio_band is None:  # G's loss may be negative: the ratio means nothing
+            window["loss_ratio"] = None
+        return {"window": window,
                 "balance_score": self.balance_score,
                 "loss": p.name, "loss_floor": p.d_floor,
                 "bands": {"loss_ratio": p.ratio_band, "accuracy": p.acc_band,
@@ -301,10 +305,6 @@ def diagnose(columns: Mapping[str, Sequence], profile: LossProfile = SEED_PROFIL
     return Diagnosis(ws, checks, balance_score(ws, profile), profile, extra)
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def health_by_epoch(columns: Mapping[str, Sequence], profile: LossProfile = SEED_PROFILE,
                     window: int = DEFAULT_WINDOW) -> list[dict]:
     """The status assessment at the end of every epoch (and at the last row), as the epoch
@@ -319,8 +319,9 @@ def health_by_epoch(columns: Mapping[str, Sequence], profile: LossProfile = SEED
                     "healthy": all(c.passed for c in checks),
                     "failed": [c.name for c in checks if not c.passed],
                     "real_acc": ws.real_acc, "fake_acc": ws.fake_acc,
-                    "loss_ratio": _finite(ws.loss_ratio),
-                    "balance_score": _finite(balance_score(ws, profile))})
+                    "loss_ratio": (json_safe(ws.loss_ratio) if profile.ratio_band is not None
+                                   else None),
+                    "balance_score": json_safe(balance_score(ws, profile))})
     return out
 
 

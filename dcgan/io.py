@@ -97,14 +97,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, inf) replaced by None."""
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, at any depth: JSON
+    has no such numbers, and a string in their place is not a number either."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -112,7 +113,7 @@ def results_json(value: Any) -> str:
     """A results file's text: indented JSON, one final newline, a non-finite number as null
     (JSON has no NaN or inf: never a non-standard token), any other value JSON cannot hold
     (a Path, say) as its str."""
-    return json.dumps(_finite(value), indent=2, default=str, allow_nan=False) + "\n"
+    return json.dumps(json_safe(value), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def atomic_write_parquet(table, path: str | Path) -> None:

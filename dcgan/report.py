@@ -4,7 +4,6 @@ the analysis figure, during training (``DiagnosticsReporter``) or afterwards (``
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from dcgan.diagnostics import (
 )
 from dcgan.errors import ConfigError, DCGANError, first_line
 from dcgan.generation import generate
-from dcgan.io import atomic_write_text
+from dcgan.io import atomic_write_text, results_json
 from dcgan.layout import (
     ANALYSIS_FILE,
     BEST_GENERATOR,
@@ -76,24 +75,13 @@ def write_diagnostics(run_dir: Path, diag: Diagnosis, columns: dict, smooth: int
                       extra: dict | None = None) -> None:
     info = {"iterations": len(columns["step"]), "last_step": int(columns["step"][-1]),
             "last_epoch": int(columns["epoch"][-1]), **(extra or {}), **diag.to_dict()}
-    atomic_write_text(run_dir / DIAGNOSTICS_FILE, json.dumps(_finite(info), indent=2) + "\n")
+    atomic_write_text(run_dir / DIAGNOSTICS_FILE, results_json(info))
     save_analysis(columns, diag, run_dir / ANALYSIS_FILE, smooth,
                   title=f"DCGAN training analysis: {run_dir.name}")
     evals = (extra or {}).get("evaluations")
     if evals:
         save_quality_figure(evals, run_dir / QUALITY_FILE,
                             title=f"Sample quality: {run_dir.name}")
-
-
-def _finite(obj):
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class DiagnosticsReporter(Callback):

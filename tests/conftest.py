@@ -11,6 +11,7 @@ group (docs/testing.md)."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -329,3 +330,21 @@ def ray_head(tmp_path_factory) -> Iterator[RayNode]:
     log = tmp_path_factory.mktemp("ray-head") / "head.log"
     with ray_node(log, ray_env(), num_cpus=4) as node:
         yield node
+
+
+def non_numbers(value, where: str = "") -> list[str]:
+    """Where a JSON document holds a number as a string ("inf", "nan", "1.5") or a float JSON
+    cannot hold: a results file keeps numbers as numbers and an unknown as null."""
+    if isinstance(value, dict):
+        return [w for k, v in value.items() for w in non_numbers(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [w for i, v in enumerate(value) for w in non_numbers(v, f"{where}[{i}]")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where}={value}"]
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return []
+        return [f"{where}={value!r}"]
+    return []

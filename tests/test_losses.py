@@ -30,7 +30,7 @@ from dcgan.models import Discriminator
 from dcgan.monitoring import LIMIT_GAUGES, MetricsExporter, MetricsUpdate, window_values
 from dcgan.trainer import Trainer
 
-from .conftest import TINY, run_cli, tiny_train_args
+from .conftest import TINY, non_numbers, run_cli, tiny_train_args
 
 REAL = torch.tensor([0.0, 2.0])
 FAKE = torch.tensor([-1.0, 1.0])
@@ -262,6 +262,11 @@ def test_local_run_bf16_and_bit_exact_resume(tmp_path, data_dir, loss):
 
     diag = json.loads((straight / layout.DIAGNOSTICS_FILE).read_text())
     assert diag["loss"] == loss
+    # Numbers as numbers: a ratio the loss gives no meaning is null, never "inf".
+    for name in (layout.DIAGNOSTICS_FILE, layout.BEST_INFO):
+        assert non_numbers(json.loads((straight / name).read_text())) == [], name
+    if loss == "wgan-gp":
+        assert diag["window"]["loss_ratio"] is None
     assert (straight / layout.ANALYSIS_FILE).stat().st_size > 10_000
     # analyze reads the run's saved config, so it judges the run by the same loss.
     analyzed = run_cli(["analyze", "--out", str(straight)])

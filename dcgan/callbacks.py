@@ -22,6 +22,7 @@ from dcgan.io import atomic_write_text
 from dcgan.layout import (  # noqa: F401  (BEST_GENERATOR, BEST_INFO: re-exported)
     BEST_GENERATOR,
     BEST_INFO,
+    BEST_SAMPLES,
     DISCRIMINATOR_FINAL,
     EVAL_FILE,
     FINAL_SAMPLES,
@@ -349,6 +350,16 @@ class QualityEvaluator(Callback):
             self.evaluate(trainer)
             if self.run_dir is not None:  # a search trial ranks by its evaluations
                 self.rescore(trainer)
+                self.save_best_samples(trainer)
+
+    def save_best_samples(self, trainer: Trainer) -> None:
+        """The best generator's 64 samples from the run's fixed noise, beside the seed's
+        final ones: the picture a user should look at first."""
+        if trainer.best_generator is None:
+            return
+        generator = copy.deepcopy(trainer.generator)
+        generator.load_state_dict(trainer.best_generator)
+        save_grid(generate(generator, trainer.fixed_noise), self.run_dir / BEST_SAMPLES)
 
 
 class StatsWriter(Callback):

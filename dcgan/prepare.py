@@ -27,13 +27,7 @@ from typing import Any
 from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.errors import ConfigError, RunDirError
 from dcgan.io import atomic_write_text
-from dcgan.layout import (
-    ARTIFACT_PATTERNS,
-    CHECKPOINT_DIR,
-    CONFIG_CHANGES,
-    CONFIG_FILE,
-    RAY_STORAGE_DIR,
-)
+from dcgan.layout import CONFIG_CHANGES, CONFIG_FILE, run_artifacts
 from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
@@ -71,13 +65,6 @@ def holding(run_dir: Path, command: str, cfg: TrainConfig | None = None, *,
         if cfg is not None:
             save_config(cfg, run_dir / CONFIG_FILE)
         yield
-
-
-def run_artifacts(run_dir: Path) -> list[Path]:
-    """Files and folders of ours in ``run_dir`` (what --overwrite removes; nothing else)."""
-    found = [p for pattern in ARTIFACT_PATTERNS for p in run_dir.glob(pattern)]
-    found += [run_dir / d for d in (CHECKPOINT_DIR, RAY_STORAGE_DIR) if (run_dir / d).is_dir()]
-    return sorted(set(found))
 
 
 def check_request(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -29,6 +29,7 @@ from dcgan.layout import (
     ANALYSIS_FILE,
     BEST_GENERATOR,
     BEST_INFO,
+    BEST_SAMPLES,
     CONFIG_FILE,
     DIAGNOSTICS_FILE,
     EVAL_FILE,
@@ -36,6 +37,7 @@ from dcgan.layout import (
     GENERATOR_FINAL,
     QUALITY_FILE,
     STATS_FILE,
+    run_artifacts,
 )
 from dcgan.losses import build_loss
 from dcgan.quality import quality_summary
@@ -56,7 +58,10 @@ def best_generator_line(run_dir: Path) -> str | None:
             line += (f"; rescored with {info['rescore_samples']:,} samples against "
                      f"{len(info['rescored']) - 1} runner(s)-up: FID "
                      f"{info['rescored_fid']:.2f}, IS {info['rescored_inception_score']:.2f}")
-        return line
+        if (run_dir / BEST_SAMPLES).is_file():
+            line += f"\nIts samples: {run_dir / BEST_SAMPLES}"
+        return line + (f"\nUse it: dcgan sample --generator {run_dir / BEST_GENERATOR} "
+                       "--image samples.png")
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -160,6 +165,8 @@ def analyze_run(run_dir: str | Path, window: int = DEFAULT_WINDOW, smooth: int |
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise StatsError(f"{run_dir} is not a run directory")
+    if not run_artifacts(run_dir):
+        raise StatsError(f"{run_dir} holds no run: none of the files a run writes is there")
     columns = read_stats_file(run_dir / STATS_FILE)
     cfg, config_note = read_run_config(run_dir)
     kwargs, note = _diversity_inputs(run_dir, cfg)

@@ -90,6 +90,7 @@ def _write_table(path, columns):
 
 @pytest.mark.parametrize("case, needle", [
     ("missing", "no statistics at"),
+    ("no_run", "holds no run: none of the files a run writes"),
     ("empty", "holds no rows"),
     ("columns", "lacks column(s) g_loss"),
     ("corrupt", "is corrupt or unreadable"),
@@ -99,7 +100,9 @@ def test_analyze_bad_stats(tmp_path, case, needle):
     run = tmp_path / "run"
     run.mkdir()
     stats = run / STATS_FILE
-    if case == "empty":
+    if case == "missing":  # a run that has not saved its stats yet
+        (run / layout.CONFIG_FILE).write_text("epochs: 1\n")
+    elif case == "empty":
         _write_table(stats, {k: pa.array([], pa.float64()) for k in rows(n=1)})
     elif case == "columns":
         cols = rows(n=20)

@@ -104,8 +104,13 @@ def test_two_workers_end_to_end(two_workers, tmp_path, data_dir, ray_head):
     for name in (layout.GENERATOR_FINAL, layout.DISCRIMINATOR_FINAL, STATS_FILE,
                  layout.FINAL_SAMPLES, layout.ANALYSIS_FILE,
                  layout.DIAGNOSTICS_FILE, layout.EVAL_FILE,
-                 "dcgan_generator_epoch_1.pth", "dcgan_samples_epoch_0_batch_10.png"):
+                 "dcgan_generator_epoch_1.pth", "dcgan_samples_epoch_0_batch_10.png",
+                 layout.TIMING_FILE, layout.WORKERS_FILE, layout.RAY_STORAGE_DIR,
+                 layout.BEST_SAMPLES):
         assert (out / name).exists(), name
+    # The layout names all of it (what --overwrite would remove).
+    ours = set(layout.run_artifacts(out))
+    assert [p.name for p in out.iterdir() if p not in ours and p.name != layout.LOCK_FILE] == []
     stats = pq.read_table(out / STATS_FILE).to_pydict()
     # 640 images, 320 per rank, 16 per worker-batch: 20 steps per epoch, 40 in all.
     assert stats["step"] == list(range(40))

@@ -91,19 +91,62 @@ def test_bad_config_with_overwrite_keeps_the_run(finished_run, data_dir):
     assert _digest(out) == before
 
 
-def test_overwrite_replaces_only_our_files(tmp_path, data_dir):
+def _of_the_layout(run_dir: Path) -> list[str]:
+    """Paths in ``run_dir`` that no entry of the layout names (besides the run's lock)."""
+    ours = set(layout.run_artifacts(run_dir))
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.iterdir()
+                  if p not in ours and p.name != layout.LOCK_FILE)
+
+
+def test_overwrite_leaves_nothing_of_the_first_run(tmp_path, data_dir):
+    """The layout names every file a run writes: a full run (evaluations, moving average,
+    epoch weights, samples, a config change on resume, analyze) has nothing outside it, and
+    an --overwrite with a short run that writes much less keeps none of it, while a file of
+    the user's own stays."""
     out = tmp_path / "run"
     assert run_cli(tiny_train_args(out, data_dir, epochs=1)).returncode == 0
+    resumed = run_cli([*tiny_train_args(out, data_dir, epochs=2, g_lr=0.0003), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert run_cli(["analyze", "--out", str(out)]).returncode == 0
+    assert _of_the_layout(out) == []
+    written = {p.name for p in out.iterdir()}
+    files = {e.name for e in layout.RUN_ENTRIES if "{" not in e.name}
+    # All but distributed mode's own files: those three come with a Ray run (the distributed
+    # tests check them); here, planted as a killed distributed run would leave them.
+    local = files - {layout.TIMING_FILE, layout.WORKERS_FILE, layout.RAY_STORAGE_DIR}
+    assert local <= written, local - written
+    for name in (layout.TIMING_FILE, layout.WORKERS_FILE):
+        (out / name).write_text("{}")
+    (out / layout.RAY_STORAGE_DIR / "experiment").mkdir(parents=True)
+    (out / f".{layout.STATS_FILE}.x1y2.tmp").write_bytes(b"killed mid-write")
     (out / "notes.txt").write_text("mine")
-    (out / "dcgan_samples_epoch_9_batch_0.png").write_bytes(b"stale")
-    assert (out / layout.EVAL_FILE).exists()
-    proc = run_cli([*tiny_train_args(out, data_dir, epochs=1, sample_every=0, eval_every=0),
-                    "--overwrite"])
+    first = _digest(out)
+
+    short = tiny_train_args(out, data_dir, epochs=1, max_steps=2, sample_every=0,
+                            checkpoint_every=0, eval_every=0, ema_decay=0)
+    proc = run_cli([*short, "--overwrite"])
     assert proc.returncode == 0, proc.stderr
-    assert (out / "notes.txt").read_text() == "mine"
-    assert not list(out.glob("dcgan_samples_*.png"))
-    # The first run's evaluations went with it: analyze must not report them as this run's.
-    assert not (out / layout.EVAL_FILE).exists()
+    after = _digest(out)
+    assert after.pop("notes.txt") == first["notes.txt"]
+    kept = {name for name, digest in after.items() if first.get(name) == digest}
+    assert kept == set(), kept  # every file left is the second run's own
+    # What the short run writes, and nothing else: no old samples, evaluations, best
+    # generator or distributed leftovers.
+    assert {p.name for p in out.iterdir()} == {
+        layout.CONFIG_FILE, layout.STATS_FILE, layout.GENERATOR_FINAL,
+        layout.DISCRIMINATOR_FINAL, layout.FINAL_SAMPLES, layout.ANALYSIS_FILE,
+        layout.DIAGNOSTICS_FILE, layout.CHECKPOINT_DIR, layout.LOCK_FILE, "notes.txt"}
+    # analyze reports this run's numbers only.
+    analyzed = run_cli(["analyze", "--out", str(out)])
+    assert analyzed.returncode == 0 and "Best generator" not in analyzed.stdout
+
+
+def test_reference_lists_every_run_file():
+    """docs/reference.md's table of run files names every entry of the layout."""
+    text = (Path(__file__).parents[1] / "docs" / "reference.md").read_text()
+    table = text[text.index("### Files in RUN_DIR"):]
+    missing = [e.name for e in layout.RUN_ENTRIES if f"`{e.name}" not in table]
+    assert missing == []
 
 
 def test_resume_without_checkpoint(tmp_path, data_dir):

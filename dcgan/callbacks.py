@@ -34,7 +34,7 @@ from dcgan.layout import (  # noqa: F401  (BEST_GENERATOR, BEST_INFO: re-exporte
 )
 from dcgan.quality import quality_summary
 from dcgan.stats import best_overall, write_evals_parquet
-from dcgan.trainer import Callback, Outcome, Trainer, derive_seed
+from dcgan.trainer import Callback, Outcome, StopRequested, Trainer, derive_seed
 
 
 def log_line(row: dict, batches_per_epoch: int) -> str:
@@ -276,7 +276,13 @@ class QualityEvaluator(Callback):
 
     def evaluate(self, trainer: Trainer) -> None:
         before = best_overall(trainer.stats.evals)
-        new = record_quality(trainer, self.meter)
+        evals, known = trainer.stats.evals, len(trainer.stats.evals)
+        try:
+            with trainer.abortable():
+                new = record_quality(trainer, self.meter)
+        except StopRequested:
+            del evals[known:]  # no half evaluation: the resume evaluates this step again
+            raise
         if not new:
             return
         row, generator = min(new, key=lambda pair: pair[0]["fid"])
@@ -303,11 +309,12 @@ class QualityEvaluator(Callback):
             return
         generator = copy.deepcopy(trainer.generator)
         scored = []
-        for candidate in candidates:
-            generator.load_state_dict(candidate["weights"])
-            quality = self.meter.measure(sample(generator, cfg.rescore_samples,
-                                                derive_seed(cfg.seed, "rescore")))
-            scored.append((quality.to_dict(), candidate))
+        with trainer.abortable():  # cut short, the best generator stays as it was
+            for candidate in candidates:
+                generator.load_state_dict(candidate["weights"])
+                quality = self.meter.measure(sample(generator, cfg.rescore_samples,
+                                                    derive_seed(cfg.seed, "rescore")))
+                scored.append((quality.to_dict(), candidate))
         (quality, winner) = min(scored, key=lambda pair: pair[0]["fid"])
         trainer.best_generator = winner["weights"]
         rescored = [{"step": c["row"]["step"], "generator": c["row"]["generator"],

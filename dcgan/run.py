@@ -34,15 +34,16 @@ from dcgan.trainer import Callback, Outcome, Trainer
 
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (state is then saved);
-    a second signal stops at once."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step, or at once during an
+    evaluation (state is then saved); a second signal stops at once."""
 
     def handler(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt
-        trainer.stop_requested = signal.Signals(signum).name
-        print(f"\n{trainer.stop_requested} received: saving state after this step "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        name = signal.Signals(signum).name
+        print(f"\n{name} received: saving state (send it again to stop at once)",
+              file=sys.stderr, flush=True)
+        trainer.request_stop(name)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

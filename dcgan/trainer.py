@@ -8,6 +8,7 @@ sample images, checkpoints, metrics) is a ``Callback``. Distributed mode injects
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import math
@@ -39,6 +40,11 @@ class Outcome(enum.StrEnum):
     COMPLETED = "completed"  # every epoch done, or max_steps reached
     INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: state saved, resumable
     DIVERGED = "diverged"  # a non-finite loss: nothing saved past the last good checkpoint
+
+
+class StopRequested(Exception):  # noqa: N818  (a request, not an error)
+    """A stop signal arrived inside an abortable stretch of side work (an evaluation): that
+    work is dropped, so that the state is saved and the process gone within seconds."""
 
 
 class Callback:
@@ -155,7 +161,8 @@ class Trainer:
         self.balance = (BalanceController(profile.acc_band, cfg.balance_every,
                                           cfg.balance_floor)
                         if cfg.auto_balance and profile.acc_band is not None else None)
-        self.stop_requested: str | None = None  # set by a signal handler
+        self.stop_requested: str | None = None  # set by a signal handler (request_stop)
+        self._abortable = False
         self._elapsed_before = 0.0
         self._t0 = time.perf_counter()
 
@@ -228,21 +235,45 @@ class Trainer:
                     if (self.augment_control is not None
                             and self.augment_control.due(self.step)):
                         self.augment.p = self.augment_control.decide(self.augment.p)
-                    for cb in self.callbacks:
-                        cb.on_step_end(self)
+                    self._notify("on_step_end")
                     if self.stop_requested or self.step >= self.total_steps:
                         break
                 if self.batch == bpe - 1 and self.step % bpe == 0:
-                    for cb in self.callbacks:
-                        cb.on_epoch_end(self)
+                    self._notify("on_epoch_end")
             self.flush()
             if self.step < self.total_steps:
                 outcome = Outcome.INTERRUPTED
         except NonFiniteLossError:
             self._finish(Outcome.DIVERGED)
             raise
-        self._finish(outcome)
-        return outcome
+        return self._finish(outcome)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step (a signal's way in: ``reason`` is its name); inside an
+        abortable stretch (an evaluation), drop that work at once."""
+        self.stop_requested = reason
+        if self._abortable:
+            self._abortable = False
+            raise StopRequested(reason)
+
+    @contextlib.contextmanager
+    def abortable(self):
+        """Side work that a stop may cut short (it raises ``StopRequested``); nothing in it may
+        leave a file or the state half-changed."""
+        if self.stop_requested:
+            raise StopRequested(self.stop_requested)
+        self._abortable = True
+        try:
+            yield
+        finally:
+            self._abortable = False
+
+    def _notify(self, hook: str) -> None:
+        """Call ``hook`` on every callback; a stop cutting one short ends the round (the loop
+        then stops and saves)."""
+        with contextlib.suppress(StopRequested):
+            for cb in self.callbacks:
+                getattr(cb, hook)(self)
 
     def _apply_rates(self) -> tuple[float, float, float, float]:
         """Set both optimizers' learning rates for the coming step (the config's, times the
@@ -276,9 +307,20 @@ class Trainer:
                 or bool(every and self.step % every == 0) or self.step >= self.total_steps
                 or balance or augment)
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _finish(self, outcome: Outcome) -> Outcome:
+        """The end of the run, callback by callback. A stop that arrives during it (the final
+        evaluation, the final files) turns the rest into an interrupted run's end: the state
+        is saved, the work left is done by the resume."""
         for cb in self.callbacks:
-            cb.on_train_end(self, outcome)
+            if outcome is Outcome.COMPLETED and self.stop_requested:
+                outcome = Outcome.INTERRUPTED
+            try:
+                cb.on_train_end(self, outcome)
+            except StopRequested:
+                outcome = Outcome.INTERRUPTED
+        if outcome is Outcome.COMPLETED and self.stop_requested:
+            outcome = Outcome.INTERRUPTED  # arrived while the last files were written
+        return outcome
 
     def state_saved(self, where: str) -> None:
         """Called by whoever saved a full state, so that files kept beside it (the stats)

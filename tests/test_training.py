@@ -229,7 +229,7 @@ def test_signal_saves_state_and_resumes(tmp_path, data_dir, sig, code):
         status, text = finish(proc, log)
     assert status == code, text[-3000:]
     assert "Traceback" not in text
-    assert f"{signal.Signals(sig).name} received: saving state after this step" in text
+    assert f"{signal.Signals(sig).name} received: saving state" in text
     assert "Resume with: dcgan train --out" in text
     (ckpt,) = list_states(out)
     step = load_state(ckpt)["step"]
@@ -242,6 +242,35 @@ def test_signal_saves_state_and_resumes(tmp_path, data_dir, sig, code):
     assert (out / layout.GENERATOR_FINAL).exists()
 
 
+def test_sigterm_during_the_final_evaluation_saves_and_exits(tmp_path, data_dir):
+    """SIGTERM while the finished run scores its generators (here, rescoring with 20,000
+    samples: a minute or more of work on a CPU) is acted on at once: the state of the last
+    step is saved, status 143, no final files; the same command then does the final
+    evaluation and writes them."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    args = tiny_train_args(out, data_dir, epochs=1, eval_samples=2000, rescore_samples=20000,
+                           rescore_top=2, sample_every=0, checkpoint_every=0)
+    with background(args, log) as proc:
+        wait_for_text(log, "[Epoch 0] done", proc)  # the last step is behind it
+        wait_for_text(log, "quality of EMA G", proc)  # the final rescoring runs now
+        proc.send_signal(signal.SIGTERM)
+        status, text = finish(proc, log)
+    assert status == 143, text[-3000:]
+    assert "Traceback" not in text and "Resume with: dcgan train --out" in text
+    # The stop did not wait for the rescoring (docs/reliability.md: how fast it exits).
+    assert "rescored with" not in text
+    (ckpt,) = list_states(out)
+    assert load_state(ckpt)["step"] == 8
+    assert not (out / layout.GENERATOR_FINAL).exists()
+    assert not (out / layout.BEST_SAMPLES).exists()
+
+    resumed = run_cli([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "rescored with 20,000 samples" in resumed.stdout
+    for name in (layout.GENERATOR_FINAL, layout.BEST_SAMPLES, layout.DIAGNOSTICS_FILE):
+        assert (out / name).exists(), name
+
+
 def test_a_second_signal_stops_at_once(tmp_path, data_dir):
     """Ctrl-C twice: the first asks for a stop after the current step; the second, sent while
     that step runs (steps of 512 images take seconds on a CPU), stops at once: status 130,
@@ -252,7 +281,7 @@ def test_a_second_signal_stops_at_once(tmp_path, data_dir):
     with background(args, log) as proc:
         wait_for_text(log, "[Epoch 0] [Batch 0/4]", proc)  # step 1 is running now
         proc.send_signal(signal.SIGINT)
-        wait_for_text(log, "SIGINT received: saving state after this step", proc)
+        wait_for_text(log, "SIGINT received: saving state", proc)
         proc.send_signal(signal.SIGINT)
         status, text = finish(proc, log)
     assert status == 130, text[-3000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import add_data_dir_arg, add_device_arg, bounded, positive
+from dcgan.cli_args import add_data_dir_arg, add_device_arg, bounded, directory, positive
 from dcgan.config import MAX_EVAL_SAMPLES
 
 
@@ -34,7 +34,7 @@ def _add_bench_gpu(sub: argparse._SubParsersAction) -> None:
                                          "seed's 30 epochs timed and evaluated",
                        description="Needs a CUDA GPU; about 8 minutes (docs/benchmarks.md).")
     add_data_dir_arg(p)
-    p.add_argument("--out", default="runs/bench-gpu", help="results folder")
+    p.add_argument("--out", type=directory, default="runs/bench-gpu", help="results folder")
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps per setting")
     p.add_argument("--steps", type=int, default=300, help="timed steps per setting")
@@ -66,7 +66,7 @@ def _add_bench_quality(sub: argparse._SubParsersAction) -> None:
                    help="train each configuration once per seed (default: its config's seed)")
     p.add_argument("--final-samples", type=bounded(MAX_EVAL_SAMPLES), default=10000,
                    help="samples scoring each best generator (default 10000)")
-    p.add_argument("--out", default="runs/bench-quality", help="results folder")
+    p.add_argument("--out", type=directory, default="runs/bench-quality", help="results folder")
     add_data_dir_arg(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key of every configuration (repeatable)")

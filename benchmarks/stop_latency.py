@@ -12,7 +12,6 @@ saved. Needs MNIST (``DCGAN_DATA_DIR``); about 3 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides
+from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides, directory
 
 
 def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-distributed", help="train with Ray Train + DDP across N workers",
                        description="The same training loop under Ray Train's TorchTrainer "
                                    "with DistributedDataParallel (gloo on CPUs, NCCL on GPUs).")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--out", type=directory, required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="training workers")
     p.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
                    help="one GPU per worker (auto: if this machine has CUDA)")

@@ -39,6 +39,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dcgan.errors import error_line
+
 DEFAULT_STATE = Path("/tmp/dcgan-hosts")  # short: Ray's socket paths live under it
 DEFAULT_SUBNET = "10.99.0.0/24"
 DEFAULT_PREFIX = "dcgh"
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _act(args)
     except HostsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 1
 
 

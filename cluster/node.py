@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 
+from dcgan.errors import error_line
 from dcgan_cluster.network import interface_addresses, interface_of
 
 CONNECT_TIMEOUT_S = 5.0
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_node_address(args.node_ip_address, _ray_arg(ray_args, "address"))
     except NodeAddressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 1
     command = [sys.executable, "-m", "ray.scripts.scripts", "start",
                f"--node-ip-address={args.node_ip_address}", *ray_args]

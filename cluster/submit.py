@@ -21,7 +21,7 @@ import sys
 import time
 from urllib.parse import urlparse
 
-from dcgan.errors import first_line
+from dcgan.errors import error_line, first_line
 
 CONNECT_TIMEOUT_S = 5.0
 FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return submit(args.address, command, env, follow=not args.no_follow,
                       lost_after=args.lost_after)
     except SubmitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 1
 
 

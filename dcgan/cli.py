@@ -18,11 +18,12 @@ from dcgan.cli_args import (
     add_noise_seed_arg,
     bounded,
     config_overrides,
+    directory,
     positive,
     require,
 )
 from dcgan.config import MAX_EVAL_SAMPLES
-from dcgan.errors import DCGANError
+from dcgan.errors import DCGANError, error_line
 from dcgan.paths import check_writable_file
 
 COMMANDS_GROUP = "dcgan.commands"
@@ -60,7 +61,7 @@ def _version() -> str:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the DCGAN on one device (GPU if any, else CPU)",
                        description="Train the seed's DCGAN on MNIST in RUN_DIR.")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--out", type=directory, required=True, metavar="RUN_DIR", help="run directory")
     add_config_args(p, "YAML file of config keys",
                      "override one config key (repeatable), e.g. --set epochs=5")
     p.add_argument("--resume", action="store_true",
@@ -93,7 +94,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
                        description="Read RUN_DIR's statistics (also while it trains or after a "
                                    "stop), print the seed's report, write "
                                    "dcgan_training_analysis.png and dcgan_diagnostics.json.")
-    p.add_argument("--out", dest="run_dir", metavar="RUN_DIR",
+    p.add_argument("--out", dest="run_dir", type=directory, metavar="RUN_DIR",
                    help="the run directory to analyze (required)")
     p.add_argument("old_run_dir", nargs="?", metavar="RUN_DIR", help=argparse.SUPPRESS)
     p.add_argument("--window", type=positive, default=100,
@@ -309,7 +310,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line (and status 2), like every other dcgan error."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+        self.exit(2, error_line(f"{message} (see: {self.prog} --help)") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,13 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DCGANError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         # The file system failed under us (disk full, file too large, a folder removed or
         # made read-only mid-run): files are written atomically, so what was there is intact.
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc} (files written before are intact)",
+        print(error_line(f"{where}{exc.strerror or exc} (files written before are intact)"),
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.errors import DCGANError
+from dcgan.errors import DCGANError, shown
 
 
 class UsageError(DCGANError):
@@ -17,7 +17,7 @@ def bounded(most: int):
     def parse(text: str) -> int:
         value = positive(text)
         if value > most:
-            raise argparse.ArgumentTypeError(f"must be at most {most:,} (got {value:,})")
+            raise argparse.ArgumentTypeError(f"must be at most {most:,} (got {shown(value)})")
         return value
 
     return parse
@@ -27,10 +27,31 @@ def positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not an integer") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {shown(value)})")
     return value
+
+
+def seed_number(text: str) -> int:
+    """A seed for the random generators: 0 to ``MAX_INT``."""
+    from dcgan.config import MAX_INT
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not an integer") from None
+    if not 0 <= value <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be in 0-{MAX_INT} (got {shown(value)})")
+    return value
+
+
+def directory(text: str) -> str:
+    """A directory argument: not empty (an empty --out would write into the current
+    directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory (got an empty string)")
+    return text
 
 
 def add_config_args(p: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
@@ -84,9 +105,9 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_noise_seed_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--noise-seed", type=int, default=NOISE_SEED, metavar="N",
+    p.add_argument("--noise-seed", type=seed_number, default=NOISE_SEED, metavar="N",
                    help=f"seed of the noise fed to the generator (default {NOISE_SEED})")
-    p.add_argument("--seed", dest="noise_seed", type=int, action=Deprecated,
+    p.add_argument("--seed", dest="noise_seed", type=seed_number, action=Deprecated,
                    replacement="--noise-seed N")
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import yaml
 
 from dcgan.augment import TRANSFORMS
-from dcgan.errors import ConfigError
+from dcgan.errors import ConfigError, quote, shown
 from dcgan.losses import LOSSES, build_loss, loss_defaults
 
 DATA_DIR_ENV = "DCGAN_DATA_DIR"
@@ -27,6 +28,11 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 MAX_EVAL_SAMPLES = 100_000  # 313 MB of images per evaluation
 MAX_LATENT_DIM = 4096
 MAX_CRITIC_STEPS = 100
+# Every count and seed fits the C integers and RNG seeds it feeds (torch, Ray, NumPy): a
+# larger one would overflow deep inside a run instead of being refused here.
+MAX_INT = 2**31 - 1
+MAX_BATCH_SIZE = 65536
+MAX_RESCORE_TOP = 100  # each candidate keeps a generator's weights in memory
 # The one rule for an EMA decay (the ema_decay key and dcgan.ema): 0 copies G, and 1 would
 # freeze the average at G's initial weights, which no run wants.
 DECAY_RULE = "must be in [0, 1) (0 turns it off)"
@@ -133,7 +139,7 @@ MAX_AUGMENT_SPEED = 10**9
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(key, f"{rule} (got {value!r})")
+        raise ConfigError(key, f"{rule} (got {shown(value)})")
 
 
 def _check_type(key: str, want: type, value: Any) -> None:
@@ -153,6 +159,13 @@ def validate(cfg: TrainConfig) -> None:
     """Check every value against its rule; raise ConfigError naming the first bad key."""
     for name, f in _FIELDS.items():
         _check_type(name, _TYPES[f.type], getattr(cfg, name))
+        if _TYPES[f.type] is int:
+            _require(getattr(cfg, name) <= MAX_INT, name, f"must be <= {MAX_INT}",
+                     getattr(cfg, name))
+    _require(cfg.batch_size <= MAX_BATCH_SIZE, "batch_size", f"must be <= {MAX_BATCH_SIZE}",
+             cfg.batch_size)
+    _require(cfg.rescore_top <= MAX_RESCORE_TOP, "rescore_top", f"must be <= {MAX_RESCORE_TOP}",
+             cfg.rescore_top)
     for key in ("g_lr", "d_lr"):
         _require(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
     for key in ("beta1", "beta2"):
@@ -236,22 +249,22 @@ def _coerce(key: str, raw: Any) -> Any:
             return "true" if raw else "false"
         if isinstance(raw, str) and raw.strip().lower() in Tristate.CHOICES:
             return raw.strip().lower()
-        raise ConfigError(key, f"must be one of auto, true, false (got {raw!r})")
+        raise ConfigError(key, f"must be one of auto, true, false (got {shown(raw)})")
     if want is Names:
         items = raw if isinstance(raw, list) else raw.split(",") if isinstance(raw, str) \
             else None
         if items is None or not all(isinstance(i, str) for i in items):
-            raise ConfigError(key, f"must be names, comma-separated or a list (got {raw!r})")
+            raise ConfigError(key, f"must be names, comma-separated or a list (got {shown(raw)})")
         return ",".join(i.strip().lower() for i in items if i.strip())
     if want is bool:
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
             return raw.strip().lower() == "true"
-        raise ConfigError(key, f"must be true or false (got {raw!r})")
+        raise ConfigError(key, f"must be true or false (got {shown(raw)})")
     kind = {int: "an integer", float: "a finite number", str: "a string"}[want]
     if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
-        raise ConfigError(key, f"must be {kind} (got {raw!r})")
+        raise ConfigError(key, f"must be {kind} (got {shown(raw)})")
     try:
         if want is int:
             if isinstance(raw, float):
@@ -263,7 +276,7 @@ def _coerce(key: str, raw: Any) -> Any:
             return float(raw)
         return str(raw)
     except (TypeError, ValueError):
-        raise ConfigError(key, f"must be {kind} (got {raw!r})") from None
+        raise ConfigError(key, f"must be {kind} (got {shown(raw)})") from None
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
@@ -290,22 +303,77 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this reads no endless device
+MAX_CONFIG_DEPTH = 8  # a config is flat (a list for augment): deeper is not one of ours
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """YAML as a config needs it: no aliases (a few lines of anchors expand to gigabytes)
+    and no deep nesting (a recursion error in the parser)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError("--config", f"{self.name} uses a YAML alias at line "
+                                          f"{mark.line + 1}; write the value out")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError("--config", f"{self.name} nests deeper than "
+                                              f"{MAX_CONFIG_DEPTH} levels at line "
+                                              f"{mark.line + 1}; a config is flat key: value")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def read_config_text(path: str | Path, flag: str = "--config") -> str:
+    """A config file's text, checked before it is parsed: a regular file (not a folder, a
+    pipe or a device), at most ``MAX_CONFIG_BYTES``, UTF-8 text."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(flag, f"{quote(str(path))} is not a regular file")
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except IsADirectoryError:
+        raise ConfigError(flag, f"{quote(str(path))} is a directory, not a file") from None
     except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(flag, f"cannot read {quote(str(path))}: "
+                                f"{exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(flag, f"{quote(str(path))} is larger than "
+                                f"{MAX_CONFIG_BYTES // 1024} KiB: not a config file")
     try:
-        data = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(flag, f"{quote(str(path))} is not UTF-8 text (byte {exc.start})"
+                          ) from None
+    if "\x00" in text:
+        raise ConfigError(flag, f"{quote(str(path))} is not text (it holds NUL bytes)")
+    return text
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    text = read_config_text(path)
+    loader = _BoundedLoader(text)
+    loader.name = quote(str(path))
+    try:
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError("--config", f"{path} is not valid YAML{line}") from None
+        raise ConfigError("--config", f"{quote(str(path))} is not valid YAML{line}") from None
+    except ValueError:  # a number YAML cannot build (thousands of digits)
+        raise ConfigError("--config", f"{quote(str(path))} holds a value YAML cannot read "
+                                      "(a number of thousands of digits?)") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("--config", f"{path} must hold a mapping of key: value")
+        raise ConfigError("--config", f"{quote(str(path))} must hold a mapping of key: value")
     return data
 
 

@@ -198,3 +198,68 @@ def test_dcgan_version():
 
     proc = run_cli(["--version"])
     assert proc.returncode == 0 and proc.stdout.strip() == f"dcgan {version('dcgan')}"
+
+
+# -- config files and values from outside: bounded, quoted, refused before anything is written
+
+def _config_files(tmp_path):
+    """Files that are not configs, each as a user (or an attacker) could hand one over."""
+    files = {
+        "not text": (b"\xff\xfe\x00e\x00p\x00o\x00c\x00h\x00s", "is not UTF-8 text"),
+        "nul bytes": (b"epochs: 1\n\x00\x00", "is not text"),
+        "many megabytes": (b"# " + b"x" * (3 << 20) + b"\n", "is larger than 1024 KiB"),
+        "deep nesting": (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests deeper than"),
+        "alias expansion": (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a]\n"
+                            b"c: &c [*b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c]\n",
+                            "uses a YAML alias at line 2"),
+        "a huge number": (b"epochs: " + b"9" * 5000 + b"\n", "a value YAML cannot read"),
+    }
+    for name, (data, needle) in files.items():
+        path = tmp_path / (name.replace(" ", "-") + ".yaml")
+        path.write_bytes(data)
+        yield name, str(path), needle
+    yield "a directory", str(tmp_path), "is a directory"
+    yield "an endless device", "/dev/zero", "is not a regular file"
+
+
+def test_config_files_that_are_not_configs_are_refused_in_one_line(tmp_path, capsys):
+    for name, path, needle in _config_files(tmp_path):
+        run = tmp_path / "run"
+        code = main(["train", "--out", str(run), "--config", path])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, name
+        assert len(err) == 1 and err[0].startswith("error: config: --config: "), (name, err)
+        assert needle in err[0], (name, err[0])
+        assert not run.exists(), name
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("g_lr\nerror: forged=1", "'g_lr\\nerror: forged'"),  # the newline stays escaped
+    ("g_lr=1e-4\x1b[2Jcleared", "'1e-4\\x1b[2Jcleared'"),
+    ("seed=" + "9" * 30, "must be <= 2147483647"),
+    ("seed=" + "9" * 5000, "must be an integer (got '9999"),
+    ("batch_size=1000000", "must be <= 65536"),
+    ("rescore_top=100000", "must be <= 100"),
+])
+def test_values_from_outside_stay_on_one_line_and_in_range(tmp_path, capsys, override, needle):
+    run = tmp_path / "run"
+    code = main(["train", "--out", str(run), "--set", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: config: "), err
+    assert needle in err[0] and len(err[0]) < 800, err[0]  # no 5,000-digit echo
+    assert not run.exists()  # refused before the run directory, its config or its lock
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sample", "--generator", "g.pth", "--image", "x.png", "--noise-seed", "9" * 30],
+     "must be in 0-2147483647"),
+    (["train", "--out", ""], "must name a directory"),
+    (["analyze", "--out", " "], "must name a directory"),
+])
+def test_flags_from_outside_are_refused_in_one_line(capsys, args, needle):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2
+    assert len(err) == 1 and needle in err[0], err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides
+from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides, directory
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                        description="Search learning rates, dropout and label smoothing (or "
                                    "any config keys) against the balance objective, guarded "
                                    "by sample quality (docs/tuning.md).")
-    p.add_argument("--out", required=True, metavar="DIR", help="search directory")
+    p.add_argument("--out", type=directory, required=True, metavar="DIR", help="search directory")
     p.add_argument("--trials", type=int, default=8, help="trials to run (default 8)")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="K",
                    help="trials at once (default: CPU cores / workers per trial)")

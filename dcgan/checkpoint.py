@@ -102,10 +102,57 @@ def load_state(path: str | Path) -> dict[str, Any]:
     if state.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {state.get('version')}, "
                               f"this dcgan reads version {VERSION}")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
+    missing = incomplete_parts(state)
     if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)})")
+        raise CheckpointError(f"checkpoint {path} is incomplete (missing or malformed: "
+                              f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})")
     return state
+
+
+# The parts inside a full state that a resume reads, by where they sit (optional parts: their
+# keys, when the part is there at all).
+_NESTED = {"rng": ("device_type", "torch", "noise"),
+           "opt_g": ("state", "param_groups"), "opt_d": ("state", "param_groups")}
+_OPTIONAL = {"ema": ("decay", "updates", "shadow"), "augment": ("p", "generator")}
+
+
+def incomplete_parts(state: dict[str, Any]) -> list[str]:
+    """What a full state lacks, checked whole before anything is restored from it: every
+    top-level key, the parts inside them, and every statistics column with one value per
+    step (a state cut short must not resume into empty or shifted statistics rows)."""
+    from dcgan.stats import COLUMNS as STATS_COLUMNS
+    from dcgan.stats import HOST_COLUMNS
+
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    for key, parts in _NESTED.items():
+        if isinstance(state.get(key), dict):
+            missing += [f"{key}.{p}" for p in parts if p not in state[key]]
+        elif key in state:
+            missing.append(key)
+    for key, parts in _OPTIONAL.items():
+        part = state.get(key)
+        if part is not None:
+            missing += ([f"{key}.{p}" for p in parts if p not in part]
+                        if isinstance(part, dict) else [key])
+    for key in ("generator", "discriminator", "config"):
+        if key in state and not (isinstance(state[key], dict) and state[key]):
+            missing.append(key)
+    if "fixed_noise" in state and not isinstance(state["fixed_noise"], torch.Tensor):
+        missing.append("fixed_noise")
+    stats = state.get("stats")
+    if isinstance(stats, dict):
+        step = state.get("step")
+        for column in STATS_COLUMNS:
+            values = stats.get(column)
+            if values is None:
+                if column not in HOST_COLUMNS:  # older states lack these: unknown, not wrong
+                    missing.append(f"stats.{column}")
+            elif not isinstance(values, torch.Tensor) or (
+                    isinstance(step, int) and len(values) != step):
+                missing.append(f"stats.{column} (one value per step)")
+    elif "stats" in state:
+        missing.append("stats")
+    return missing
 
 
 def load_latest_state(run_dir: str | Path, warn=print) -> tuple[Path, dict[str, Any]]:

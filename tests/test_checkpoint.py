@@ -21,9 +21,15 @@ from dcgan.io import atomic_write
 
 
 def _state(step: int) -> dict:
-    return {"generator": {"w": torch.full((4,), float(step))}, "discriminator": {}, "opt_g": {},
-            "opt_d": {}, "step": step, "rng": {}, "fixed_noise": torch.zeros(2),
-            "config": {}, "stats": {}, "elapsed": 0.0}
+    """A complete state in form (what load_state checks), with made-up contents."""
+    from dcgan.stats import COLUMNS
+
+    optimizer = {"state": {}, "param_groups": []}
+    return {"generator": {"w": torch.full((4,), float(step))},
+            "discriminator": {"w": torch.zeros(1)}, "opt_g": optimizer, "opt_d": optimizer,
+            "step": step, "rng": {"device_type": "cpu", "torch": None, "noise": None},
+            "fixed_noise": torch.zeros(2), "config": {"seed": 1},
+            "stats": {c: torch.zeros(step) for c in COLUMNS}, "elapsed": 0.0}
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -104,3 +110,34 @@ def test_no_valid_checkpoint(tmp_path):
     list_states(tmp_path)[0].write_bytes(b"")
     with pytest.raises(CheckpointError, match="state_step_00000005.pt is corrupt"):
         load_latest_state(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, named", [
+    (lambda s: s["rng"].pop("noise"), "rng.noise"),
+    (lambda s: s["stats"].pop("d_loss"), "stats.d_loss"),
+    (lambda s: s["stats"].update(g_loss=s["stats"]["g_loss"][:2]), "stats.g_loss (one value"),
+    (lambda s: s.pop("opt_d"), "opt_d"),
+    (lambda s: s["ema"].pop("shadow"), "ema.shadow"),
+])
+def test_a_checkpoint_missing_part_of_its_state_is_refused_whole(tmp_path, data_dir, damage,
+                                                                  named):
+    """Checked whole before anything is restored: one line naming what is missing, never a
+    raw KeyError or a resume into empty statistics rows; the run's files are untouched."""
+    from dcgan.checkpoint import list_states
+
+    from .conftest import one_line_error, run_cli, tiny_train_args
+
+    out = tmp_path / "run"
+    args = tiny_train_args(out, data_dir, epochs=1, max_steps=4, eval_every=0, sample_every=0)
+    assert run_cli(args).returncode == 0
+    (path,) = list_states(out)
+    state = torch.load(path, weights_only=True)
+    damage(state)
+    save_torch(state, path)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    proc = run_cli([*args, "--set", "max_steps=8", "--resume"])
+    assert proc.returncode == 1
+    error = one_line_error(proc)
+    assert f"checkpoint {path} is incomplete" in error and named in error, error
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -46,8 +46,13 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from dcgan.config import config_yaml, load_config
+    from dcgan.losses import ignored_settings
 
-    sys.stdout.write(config_yaml(load_config(args.config, config_overrides(args))))
+    cfg = load_config(args.config, config_overrides(args))
+    note = ignored_settings(cfg)
+    if note:
+        print(note, file=sys.stderr)
+    sys.stdout.write(config_yaml(cfg))
     return 0
 
 

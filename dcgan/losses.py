@@ -118,6 +118,10 @@ class GANLoss:
     # Config values this loss starts from unless the config sets them (for example the
     # paper's Adam settings); applied under the file and --set, over the seed's defaults.
     config_defaults: dict[str, object] = {}
+    # Config keys this loss does not read (a value set for them changes nothing): named, so
+    # that a run says so instead of accepting them silently.
+    ignored_keys: tuple[str, ...] = ("gp_weight",)
+    ignored_why = "they belong to another loss"
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> GANLoss:
@@ -213,6 +217,8 @@ class HingeLoss(GANLoss):
     """The hinge loss of SNGAN/SAGAN/BigGAN, with the seed's discriminator."""
 
     name = "hinge"
+    ignored_keys = ("label_smoothing", "label_smoothing_mode", "gp_weight")
+    ignored_why = "hinge has no labels to smooth and no gradient penalty"
 
     @property
     def profile(self) -> LossProfile:
@@ -246,8 +252,11 @@ class WGANGPLoss(GANLoss):
 
     name = "wgan-gp"
     critic_norm = "layer"
+    # The paper's critic and Adam settings: no dropout in the critic (Gulrajani et al. 2017).
     config_defaults = {"g_lr": 1e-4, "d_lr": 1e-4, "beta1": 0.0, "beta2": 0.9,
-                       "critic_steps": 5}
+                       "critic_steps": 5, "dropout": 0.0}
+    ignored_keys = ("label_smoothing", "label_smoothing_mode")
+    ignored_why = "a critic has no labels to smooth"
 
     def __init__(self, gp_weight: float = 10.0):
         self.gp_weight = gp_weight
@@ -324,6 +333,20 @@ LOSSES: dict[str, type[GANLoss]] = {cls.name: cls for cls in (BCELoss, HingeLoss
 
 def build_loss(cfg: TrainConfig) -> GANLoss:
     return LOSSES[cfg.loss].from_config(cfg)
+
+
+def ignored_settings(cfg: TrainConfig) -> str | None:
+    """A note naming the keys set away from their defaults that ``cfg``'s loss does not read
+    (None when there are none)."""
+    from dcgan.config import TrainConfig as Defaults
+
+    cls = LOSSES[cfg.loss]
+    keys = [k for k in cls.ignored_keys if getattr(cfg, k) != getattr(Defaults, k)]
+    if not keys:
+        return None
+    values = ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
+    return (f"note: loss {cfg.loss} does not use {values} ({cls.ignored_why}); "
+            "the value is kept in the config but changes nothing")
 
 
 def loss_defaults(name: str) -> dict[str, object]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from dcgan.config import TrainConfig, load_config, save_config
 from dcgan.errors import ConfigError, RunDirError
 from dcgan.io import atomic_write_text
 from dcgan.layout import CONFIG_CHANGES, CONFIG_FILE, run_artifacts
+from dcgan.losses import ignored_settings
 from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
@@ -103,6 +105,9 @@ def request_config(saved: dict[str, Any] | None, config_path: str | Path | None,
     """The config a run trains with and what it changes: a fresh run's is defaults < --config
     < --set; a resumed run's (``saved``: what it was trained with) starts from ``saved``."""
     cfg = load_config(config_path, overrides, base=saved)
+    note = ignored_settings(cfg)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     return cfg, (config_changes(saved, cfg) if saved is not None else {})
 
 

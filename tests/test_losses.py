@@ -285,3 +285,24 @@ def test_wgan_gp_under_torch_compile(tmp_path, data_dir):
     stats = pq.read_table(out / layout.STATS_FILE).to_pydict()
     assert stats["step"] == [0, 1, 2, 3]
     assert all(math.isfinite(v) for v in stats["d_loss"] + stats["g_loss"])
+
+
+@pytest.mark.parametrize("sets_, note", [
+    (["loss=hinge", "label_smoothing=0.2"], "loss hinge does not use label_smoothing=0.2"),
+    (["loss=wgan-gp", "label_smoothing_mode=one-sided"],
+     "loss wgan-gp does not use label_smoothing_mode=one-sided"),
+    (["loss=bce", "gp_weight=5"], "loss bce does not use gp_weight=5.0"),
+    (["loss=wgan-gp"], None),  # the defaults of keys it ignores are no news
+])
+def test_keys_a_loss_ignores_are_named_once(sets_, note):
+    args = ["config"] + [a for s in sets_ for a in ("--set", s)]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: loss")]
+    assert notes == ([] if note is None else [notes[0]]) and (note is None or note in notes[0])
+
+
+def test_wgan_gp_defaults_to_the_papers_critic():
+    cfg = load_config(overrides=["loss=wgan-gp"])
+    assert (cfg.dropout, cfg.g_lr, cfg.beta1, cfg.beta2, cfg.critic_steps) == (0.0, 1e-4, 0.0,
+                                                                              0.9, 5)

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from dcgan.layout import (
     TRIALS_CSV,
     TRIALS_TABLE,
 )
+from dcgan.losses import ignored_settings
 from dcgan.prepare import MetricsAddress, check_target, holding
 from dcgan.trainer import RESUME_LOCKED_KEYS, derive_seed
 from dcgan_cluster.preflight import check_local_processes, check_ray_run
@@ -141,6 +143,9 @@ def check_options(opts: SearchOptions
         base = load_config(opts.config_path, list(opts.overrides))
         base = base.replace(max_steps=opts.budget_steps)
         space = validate_space(load_space(opts.space_file), base)
+        note = ignored_settings(base)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     varied_locks = [k for k in RESUME_LOCKED_KEYS if isinstance(space.get(k), dict)]
     if opts.scheduler == "pbt" and varied_locks:
         raise ConfigError("--space", f"pbt hands one trial's checkpoint to another, which "

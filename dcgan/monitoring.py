@@ -18,6 +18,7 @@ import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, version
 from itertools import pairwise
 
@@ -30,6 +31,8 @@ from dcgan.trainer import Callback, Outcome, Trainer
 LABELS = ("run", "mode", "trial", "rank")
 MODES = ("local", "distributed", "tune")
 # dcgan_training_status: 0 good (every check passes), 1 warning, 2 bad.
+# Scrapers waiting to be accepted (Prometheus servers, dashboards, a load balancer's checks).
+LISTEN_BACKLOG = 1024
 STATUS_CODES = {"good": 0, "warning": 1, "bad": 2}
 # Failed checks that mean the run is wasting compute, not merely off balance.
 BAD_CHECKS = frozenset({"vanishing_gradients", "instability"})
@@ -237,12 +240,21 @@ class MetricsExporter:
         self.info = Info("dcgan_run", "Version and configuration of the run", LABELS[:3],
                          registry=r)
         self.server = None
+        self._page = b""  # the exposition scrapes get: rendered once per update
         self.set_config("", config)
+
+    def render(self) -> None:
+        """Render the exposition once, for every scrape until the next update: a scrape then
+        costs a copy of bytes, not a walk of the registry in the training process."""
+        from prometheus_client import generate_latest
+
+        self._page = generate_latest(self.registry)
 
     def set_config(self, trial: str, config: Mapping[str, object]) -> None:
         """The info metric for a run (or one trial of a search)."""
         labels = {"version": package_version(), **{k: str(v) for k, v in config.items()}}
         self.info.labels(self.run, self.mode, trial).info(labels)
+        self.render()
 
     def apply(self, update: MetricsUpdate) -> None:
         labels = (self.run, self.mode, update.trial, str(update.rank))
@@ -270,15 +282,24 @@ class MetricsExporter:
         for name, (column, _) in AUGMENT_GAUGES.items():
             if update.augment and column in update.augment:
                 self.augment[name].labels(*labels).set(update.augment[column])
+        self.render()
 
     def start(self, host: str, port: int) -> int:
-        """Serve /metrics on host:port; returns the bound port."""
-        from prometheus_client import start_http_server
+        """Serve /metrics on host:port (the rendering of the latest update, from a thread of
+        its own); returns the bound port."""
+        import threading
+
+        from prometheus_client import CONTENT_TYPE_LATEST
 
         try:
-            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server_class = type("MetricsServer", (MetricsServer,), {"address_family": family})
+            self.server = server_class((host, port), _handler(lambda: self._page))
+            self.server.content_type = CONTENT_TYPE_LATEST
         except OSError as exc:
             raise MetricsError(port_error(host, port, exc)) from None
+        threading.Thread(target=self.server.serve_forever, name="metrics-endpoint",
+                         daemon=True).start()
         return self.server.server_address[1]
 
     def stop(self) -> None:
@@ -286,6 +307,33 @@ class MetricsExporter:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """The endpoint's server: a thread per scrape, and a listen backlog for many scrapers at
+    once (Python's default of 5 drops connections that then retry, for seconds)."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+
+def _handler(page: Callable[[], bytes]) -> type[BaseHTTPRequestHandler]:
+    class MetricsHandler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  (the name http.server calls)
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404, "only /metrics is served here")
+                return
+            body = page()
+            self.send_response(200)
+            self.send_header("Content-Type", self.server.content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # a scrape is not news
+            pass
+
+    return MetricsHandler
 
 
 def port_error(host: str, port: int, exc: OSError) -> str:

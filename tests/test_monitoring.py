@@ -407,3 +407,39 @@ def test_the_dashboard_is_the_generators_output():
     from dcgan_cluster.dashboard import render
 
     assert DASHBOARD.read_text() == render(), "run: make dashboard"
+
+
+def test_scrapes_get_the_rendering_of_the_latest_update_many_at_once():
+    """The endpoint serves the exposition rendered at the latest update (a scrape never walks
+    the registry in the training process), to many scrapers at once, none refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import generate_latest
+
+    from dcgan.monitoring import LISTEN_BACKLOG, MetricsUpdate
+
+    exporter = MetricsExporter("cached", "local", {})
+    exporter.apply(MetricsUpdate(rank=0, trial="", step=7, epoch=0.5, progress=0.1,
+                                 new_steps=7, new_images=448))
+    rendered = generate_latest(exporter.registry)
+    port = exporter.start("127.0.0.1", 0)
+    try:
+        assert exporter.server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        assert exporter.server.request_queue_size == LISTEN_BACKLOG >= 128
+        exporter.epoch.labels("cached", "local", "", "0").set(99)  # not an update: not served
+
+        def scrape(_):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+                return r.status, r.headers["Content-Type"], r.read()
+
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(scrape, range(256)))
+        assert {(status, body) for status, _, body in results} == {(200, rendered)}
+        assert all(kind.startswith("text/plain") for _, kind, _ in results)
+        exporter.apply(MetricsUpdate(rank=0, trial="", step=8, epoch=0.6, progress=0.2,
+                                     new_steps=1, new_images=64))
+        assert b'dcgan_epoch{mode="local",rank="0",run="cached",trial=""} 0.6' in scrape(0)[2]
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=30)
+    finally:
+        exporter.stop()

@@ -10,16 +10,25 @@ from dcgan.config import MAX_EVAL_SAMPLES
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="images/s of this trainer against a plain PyTorch loop")
+    p = sub.add_parser("bench", help="images/s of this trainer against a plain PyTorch loop",
+                       description="Training speed in images per second: a plain PyTorch "
+                                   "loop (the baseline), this trainer at each precision, with "
+                                   "augmentation, and under Ray Train with 1 and 2 workers; "
+                                   "variants alternate over rounds and the best round counts "
+                                   "(docs/benchmarks.md).")
     add_data_dir_arg(p)
-    p.add_argument("--steps", type=int, default=60, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=15, help="untimed steps per variant")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=positive, default=60, metavar="N",
+                   help="timed steps per variant (default 60)")
+    p.add_argument("--warmup", type=positive, default=15, metavar="N",
+                   help="untimed steps per variant before the timed ones (default 15)")
+    p.add_argument("--batch-size", type=positive, default=64, metavar="N",
+                   help="images per step (default 64)")
     add_device_arg(p)
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; best one counts")
-    p.add_argument("--variants", default=None,
+    p.add_argument("--rounds", type=positive, default=2, metavar="N",
+                   help="alternating rounds; the best one counts (default 2)")
+    p.add_argument("--variants", default=None, metavar="LIST",
                    help="comma-separated subset of: baseline, fp32, bf16, fp16, bf16+augment, "
-                        "ray1, ray2")
+                        "ray1, ray2 (default: all that this machine can run)")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -34,10 +43,13 @@ def _add_bench_gpu(sub: argparse._SubParsersAction) -> None:
                                          "seed's 30 epochs timed and evaluated",
                        description="Needs a CUDA GPU; about 8 minutes (docs/benchmarks.md).")
     add_data_dir_arg(p)
-    p.add_argument("--out", type=directory, default="runs/bench-gpu", help="results folder")
+    p.add_argument("--out", type=directory, default="runs/bench-gpu", metavar="DIR",
+                   help="results folder (default runs/bench-gpu)")
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
-    p.add_argument("--warmup", type=int, default=30, help="untimed steps per setting")
-    p.add_argument("--steps", type=int, default=300, help="timed steps per setting")
+    p.add_argument("--warmup", type=positive, default=30, metavar="N",
+                   help="untimed steps per setting (default 30)")
+    p.add_argument("--steps", type=positive, default=300, metavar="N",
+                   help="timed steps per setting (default 300)")
     p.set_defaults(func=_cmd_bench_gpu)
 
 
@@ -66,7 +78,8 @@ def _add_bench_quality(sub: argparse._SubParsersAction) -> None:
                    help="train each configuration once per seed (default: its config's seed)")
     p.add_argument("--final-samples", type=bounded(MAX_EVAL_SAMPLES), default=10000,
                    help="samples scoring each best generator (default 10000)")
-    p.add_argument("--out", type=directory, default="runs/bench-quality", help="results folder")
+    p.add_argument("--out", type=directory, default="runs/bench-quality", metavar="DIR",
+                   help="the study's folder (default runs/bench-quality)")
     add_data_dir_arg(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key of every configuration (repeatable)")

@@ -35,7 +35,7 @@ import torch
 from dcgan.diagnostics import health_by_epoch
 from dcgan.errors import ConfigError
 from dcgan.io import atomic_write_text, results_json
-from dcgan.layout import BEST_GENERATOR, BEST_INFO
+from dcgan.layout import BEST_GENERATOR, BEST_INFO, run_artifacts
 from dcgan.stats import best_overall
 from dcgan.trainer import Callback, Trainer
 
@@ -383,13 +383,25 @@ def open_study(out: Path, settings: dict, overwrite: bool) -> None:
     import shutil
 
     existing = read_json(out / STUDY_FILE, "the study file")
+    runs = sorted(d for d in out.iterdir() if d.is_dir() and run_artifacts(d)) \
+        if out.is_dir() else []
+    if existing is None and runs and not overwrite:  # train's convention: never replace silently
+        raise ConfigError("--out", f"{out} holds runs that no study here started "
+                          f"({', '.join(d.name for d in runs[:3])}); give --overwrite to "
+                          "replace them, or another --out")
     if existing is not None and not overwrite and existing != settings:
         changed = sorted(k for k in set(existing) | set(settings)
                          if existing.get(k) != settings.get(k))
         raise ConfigError("--out", f"{out} holds a study with other settings "
                           f"({', '.join(changed)}); rerun it as it was, or give --overwrite "
                           "to start it again, or another --out")
-    if overwrite:
+    if overwrite:  # the study's files and its runs' (each run's own files only)
+        from dcgan.prepare import remove_artifacts
+        from dcgan.runlock import check_unlocked
+
+        for run in runs:
+            check_unlocked(run)  # not while another process writes it
+            remove_artifacts(run)
         for entry in (RUNS_DIR, STUDY_FILE, RESULTS_FILE, FIGURE_FILE, STEPS_FIGURE_FILE):
             path = out / entry
             if path.is_dir():

@@ -15,26 +15,31 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=directory, required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="training workers")
     p.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
-                   help="one GPU per worker (auto: if this machine has CUDA)")
-    p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a "
-                                     "fresh local instance)")
+                   help="one GPU per worker (auto: if the Ray cluster reports GPUs)")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="an existing Ray cluster (default: RAY_ADDRESS, else a fresh local "
+                        "instance)")
     p.add_argument("--storage", metavar="PATH_OR_URI",
                    help="where Ray keeps checkpoints (default RUN_DIR/ray; shared storage such "
                         "as NFS or s3:// on multi-node clusters)")
-    p.add_argument("--name", help="run name: Ray Train's checkpoints of the run are kept under "
-                                  "it in the storage (default: RUN_DIR's name)")
+    p.add_argument("--name", metavar="NAME",
+                   help="run name: Ray Train's checkpoints of the run are kept under it in the "
+                        "storage (default: RUN_DIR's name)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN_DIR from its latest checkpoint, with its saved "
                         "config (plus --config / --set, each change recorded)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in RUN_DIR (and its checkpoints)")
-    p.add_argument("--cpus-per-worker", type=float, default=None,
+    p.add_argument("--cpus-per-worker", type=float, default=None, metavar="N",
                    help="CPUs reserved per worker (default: local instance: cores / workers; "
                         "cluster: 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=1.0,
+    p.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="N",
                    help="GPUs per worker when using GPUs (default 1)")
     add_config_args(p, "YAML file of config keys", "override one config key (repeatable)")
     add_metrics_args(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (distributed runs print log lines only; accepted so "
+                        "that a train command line works here unchanged)")
     p.set_defaults(func=_cmd_train_distributed)
 
 

@@ -6,6 +6,7 @@ storage) is checked here, in seconds, before Ray starts anything.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from dcgan_cluster.preflight import (
     check_local_processes,
     check_ray_run,
     check_storage,
+    decide_gpu,
     resolve_use_gpu,
 )
 from dcgan_cluster.worker import WorkerSpec
@@ -124,7 +126,7 @@ class DistributedRun:
     cfg: TrainConfig
     run_dir: Path
     workers: int
-    gpu: bool
+    gpu: bool | None  # None: --use-gpu auto, decided from the cluster once Ray is up
     address: str | None
     storage: str
     name: str
@@ -225,6 +227,7 @@ def _run(plan: DistributedRun) -> dict:
     init_ray(plan.address, num_cpus=max(os.cpu_count() or 1,
                                         int(plan.workers * plan.cpus_per_worker) + 1))
     try:
+        plan = dataclasses.replace(plan, gpu=decide_gpu(plan.gpu, cfg))
         hub = None
         if plan.metrics.port:
             hub, bound = start_hub(name, "distributed", cfg.to_dict(), plan.metrics.host,

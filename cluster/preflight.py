@@ -1,6 +1,6 @@
 """The checks every Ray command runs on the driver, in seconds, before Ray starts anything:
 ``dcgan train-distributed`` (``dcgan_cluster.launch``) and ``dcgan tune`` (``dcgan_tune``).
-Nothing here imports Ray."""
+Nothing here imports Ray at import time (``cluster_gpus`` does, once Ray is up)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from dcgan.config import TrainConfig
 from dcgan.data import check_mnist
-from dcgan.errors import ConfigError, DCGANError
+from dcgan.errors import ConfigError, DCGANError, shown
 
 CONNECT_TIMEOUT_S = 5.0
 # A local Ray instance runs every worker (a full process with torch) on this machine.
@@ -23,14 +23,33 @@ class ClusterError(DCGANError):
     """Ray could not be reached or the run failed on the cluster."""
 
 
-def resolve_use_gpu(flag: str) -> bool:
+def resolve_use_gpu(flag: str) -> bool | None:
+    """--use-gpu: True or False; None for auto, decided by ``cluster_gpus`` once Ray is up
+    (the driver may run on a CPU-only head of a cluster whose workers have GPUs)."""
     if flag not in ("auto", "true", "false"):
-        raise ConfigError("--use-gpu", f"must be auto, true or false (got {flag!r})")
-    if flag == "auto":
-        import torch
+        raise ConfigError("--use-gpu", f"must be auto, true or false (got {shown(flag)})")
+    return None if flag == "auto" else flag == "true"
 
-        return torch.cuda.is_available()
-    return flag == "true"
+
+def cluster_gpus() -> float:
+    """The GPUs the connected Ray cluster reports (all its nodes, not this machine's)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def decide_gpu(use_gpu: bool | None, cfg: TrainConfig, what: str = "workers",
+               write=print) -> bool:
+    """``use_gpu``, or for auto (None) whether the cluster has GPUs; says which it chose, and
+    refuses fp16 without them. Call once Ray is connected."""
+    if use_gpu is None:
+        gpus = cluster_gpus()
+        use_gpu = gpus >= 1
+        write(f"--use-gpu auto: the Ray cluster reports {gpus:g} GPU(s): "
+              f"{'GPU' if use_gpu else 'CPU'} {what}")
+    if cfg.precision == "fp16" and not use_gpu:
+        raise ConfigError("precision", f"fp16 needs GPU {what} (use bf16 or fp32 on CPUs)")
+    return use_gpu
 
 
 # The client preface of HTTP/2 and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5).
@@ -93,7 +112,7 @@ def check_storage(storage: str) -> str:
     return str(path)
 
 
-def check_ray_run(cfg: TrainConfig, workers: int, gpu: bool, address: str | None,
+def check_ray_run(cfg: TrainConfig, workers: int, gpu: bool | None, address: str | None,
                   what: str = "workers") -> TrainConfig:
     """What Ray workers (``what``: workers, or a search's trials) would only trip over later:
     the global batch split over ``workers``, fp16 without GPUs, MNIST missing, an unreachable
@@ -103,7 +122,7 @@ def check_ray_run(cfg: TrainConfig, workers: int, gpu: bool, address: str | None
     if cfg.batch_size % workers:
         raise ConfigError("batch_size", f"the global batch {cfg.batch_size} does not divide "
                                         f"evenly over {workers} workers")
-    if cfg.precision == "fp16" and not gpu:
+    if cfg.precision == "fp16" and gpu is False:  # auto (None): decided once Ray is up
         raise ConfigError("precision", f"fp16 needs GPU {what} (use bf16 or fp32 on CPUs)")
     check_mnist(cfg.data_dir, subset=cfg.train_subset)
     if address:

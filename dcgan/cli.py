@@ -45,8 +45,7 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from dcgan.config import config_yaml, load_config
-    from dcgan.losses import ignored_settings
+    from dcgan.config import config_yaml, ignored_settings, load_config
 
     cfg = load_config(args.config, config_overrides(args))
     note = ignored_settings(cfg)
@@ -275,7 +274,8 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
                    help=f"weights file to write (default {CLASSIFIER_OUT}; never the packaged, "
                         "checksummed weights that every FID here is measured with)")
     t.add_argument("--out", dest="weights", action=Deprecated, replacement="--weights FILE.pt")
-    t.add_argument("--epochs", type=positive, default=5)
+    t.add_argument("--epochs", type=positive, default=5, metavar="N",
+                   help="passes over MNIST's 60,000 training images (default 5)")
     add_data_dir_arg(t)
     t.set_defaults(func=_cmd_classifier_train)
 
@@ -318,8 +318,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, error_line(f"{message} (see: {self.prog} --help)") + "\n")
 
 
+DESCRIPTION = ("Train a DCGAN that draws MNIST digits: on one device, across Ray workers, or "
+               "as a hyperparameter search; score, diagnose and sample what it trained. "
+               "'dcgan COMMAND --help' describes each command.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="dcgan", description=__doc__)
+    parser = OneLineParser(prog="dcgan", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"dcgan {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)

@@ -387,6 +387,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(values)
 
 
+def ignored_settings(cfg: TrainConfig) -> str | None:
+    """A note naming the keys set away from their defaults that ``cfg``'s loss does not read
+    (None when there are none)."""
+    cls = LOSSES[cfg.loss]
+    keys = [k for k in cls.ignored_keys if getattr(cfg, k) != getattr(TrainConfig, k)]
+    if not keys:
+        return None
+    values = ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
+    return (f"note: loss {cfg.loss} does not use {values} ({cls.ignored_why}); "
+            "the value is kept in the config but changes nothing")
+
+
 def config_yaml(cfg: TrainConfig) -> str:
     """Every key, in the dataclass's order, as YAML that ``--config`` reads back to ``cfg``."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

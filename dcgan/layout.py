@@ -102,6 +102,14 @@ BEST_CONFIG = "best_config.yaml"
 SEARCH_BEST_GENERATOR = "best_generator.pth"
 SEARCH_SUMMARY = "search.json"
 SEARCH_SETTINGS = "search_settings.json"
+# Every file and folder a search writes (what tune --overwrite removes; nothing else).
+SEARCH_ENTRIES = (TRIALS_TABLE, TRIALS_CSV, BEST_CONFIG, SEARCH_BEST_GENERATOR, SEARCH_SUMMARY,
+                  SEARCH_SETTINGS, RAY_STORAGE_DIR)
+
+
+def search_artifacts(out: str | Path) -> list[Path]:
+    """The files and folders of ``SEARCH_ENTRIES`` in ``out``."""
+    return sorted(p for name in SEARCH_ENTRIES if (p := Path(out) / name).exists())
 
 
 def state_file(run_dir: str | Path, step: int) -> Path:

@@ -335,20 +335,6 @@ def build_loss(cfg: TrainConfig) -> GANLoss:
     return LOSSES[cfg.loss].from_config(cfg)
 
 
-def ignored_settings(cfg: TrainConfig) -> str | None:
-    """A note naming the keys set away from their defaults that ``cfg``'s loss does not read
-    (None when there are none)."""
-    from dcgan.config import TrainConfig as Defaults
-
-    cls = LOSSES[cfg.loss]
-    keys = [k for k in cls.ignored_keys if getattr(cfg, k) != getattr(Defaults, k)]
-    if not keys:
-        return None
-    values = ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
-    return (f"note: loss {cfg.loss} does not use {values} ({cls.ignored_why}); "
-            "the value is kept in the config but changes nothing")
-
-
 def loss_defaults(name: str) -> dict[str, object]:
     """The config values a loss starts from (an unknown name has none: config refuses it)."""
     cls = LOSSES.get(name)

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcgan.config import TrainConfig, load_config, save_config
+from dcgan.config import TrainConfig, ignored_settings, load_config, save_config
 from dcgan.errors import ConfigError, RunDirError
 from dcgan.io import atomic_write_text
 from dcgan.layout import CONFIG_CHANGES, CONFIG_FILE, run_artifacts
-from dcgan.losses import ignored_settings
 from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir

@@ -130,3 +130,26 @@ def test_a_killed_study_skips_its_finished_runs_and_continues_the_stopped_one(tm
     assert other.returncode == 2
     assert "holds a study with other settings (budget_steps, overrides)" in \
         one_line_error(other)
+
+
+def test_runs_no_study_started_are_replaced_only_with_overwrite(tmp_path, data_dir):
+    """bench-quality follows train's convention: a run in --out that no study here started is
+    refused, untouched; --overwrite replaces it (and nothing of the user's)."""
+    from .conftest import tiny_train_args
+
+    out = tmp_path / "study"
+    assert run_cli(tiny_train_args(out / "mine", data_dir, epochs=1, max_steps=2,
+                                   eval_every=0, sample_every=0)).returncode == 0
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in (out / "mine").iterdir())
+    args = ["bench-quality", "--out", str(out), "--configs", "mine=configs/seed.yaml",
+            "--data-dir", data_dir, *STUDY[:2], "--final-samples", "300",
+            *STUDY[7:], "--set", "eval_every=0", "--set", "rescore_top=0"]
+    proc = run_cli(args, timeout=600)
+    assert proc.returncode == 2
+    assert "holds runs that no study here started (mine)" in one_line_error(proc)
+    assert sorted(p.name for p in (out / "mine").iterdir()) == before
+    proc = run_cli([*args, "--overwrite"], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "runs" / "mine.json").exists()

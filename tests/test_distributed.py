@@ -11,6 +11,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -36,6 +38,7 @@ from .conftest import (
     finish,
     free_port,
     one_line_error,
+    ray_node,
     run_before_ray,
     run_cli,
     sets,
@@ -75,7 +78,7 @@ def two_workers(tmp_path_factory, data_dir, ray_head):
     with (prometheus_server(root, [f"127.0.0.1:{port}"]) if prometheus
           else contextlib.nullcontext()) as prom, \
             background([*dist_args(out, data_dir, ray_head.address), "--metrics-port",
-                        str(port)], log, env=ray_head.env) as proc:
+                        str(port), "--use-gpu", "auto"], log, env=ray_head.env) as proc:
         while proc.poll() is None:  # the run is bounded by its steps
             time.sleep(1)
             try:
@@ -101,6 +104,8 @@ def test_two_workers_end_to_end(two_workers, tmp_path, data_dir, ray_head):
     assert set(run.seen) == {"0", "1"}, run.log[-3000:]  # both ranks' series at one endpoint
     assert all(s["mode"] == "distributed" and s["run"] == "run" for s in run.seen.values())
     assert "SyncBatchNorm off (CPU workers" in run.log
+    # --use-gpu auto asks the cluster (a CPU-only one here), not the driver's machine.
+    assert "--use-gpu auto: the Ray cluster reports 0 GPU(s): CPU workers" in run.log
     for name in (layout.GENERATOR_FINAL, layout.DISCRIMINATOR_FINAL, STATS_FILE,
                  layout.FINAL_SAMPLES, layout.ANALYSIS_FILE,
                  layout.DIAGNOSTICS_FILE, layout.EVAL_FILE,
@@ -476,3 +481,24 @@ def test_resume_with_a_locked_key_changed_is_refused_before_ray(tmp_path, data_d
     fresh = run_before_ray(dist_args(out, data_dir, ray_head.address), env=ray_head.env,
                            timeout=120)
     assert fresh.returncode == 2 and "pass --resume" in one_line_error(fresh)
+
+
+def test_use_gpu_auto_asks_the_cluster_not_the_driver(tmp_path, ray_head):
+    """A CPU machine driving a cluster whose node reports a GPU (a fake one: Ray's --num-gpus
+    is a logical resource) decides on GPU workers; the suite's CPU-only head, on CPU ones."""
+    probe = ("import ray, sys; from dcgan.config import TrainConfig; "
+             "from dcgan_cluster.preflight import decide_gpu; "
+             "ray.init(address=sys.argv[1], log_to_driver=False); "
+             "print(decide_gpu(None, TrainConfig()))")
+    with ray_node(tmp_path / "gpu-head.log", ray_head.env, num_cpus=1,
+                  extra=("--num-gpus=1",)) as gpu_head:
+        answers = {}
+        for name, node in (("gpu", gpu_head), ("cpu", ray_head)):
+            proc = subprocess.run([sys.executable, "-c", probe, node.address], env=node.env,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            answers[name] = proc.stdout
+    assert "reports 1 GPU(s): GPU workers" in answers["gpu"]
+    assert answers["gpu"].strip().endswith("True")
+    assert "reports 0 GPU(s): CPU workers" in answers["cpu"]
+    assert answers["cpu"].strip().endswith("False")

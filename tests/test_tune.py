@@ -149,6 +149,7 @@ def test_guard_fails_degenerate_and_incomplete_trials():
     ({"overrides": ("dropout=2",)}, "config: dropout: must be in [0, 1)"),
     ({"overrides": ("batch_size=63",), "workers_per_trial": 2}, "does not divide evenly"),
     ({"resume": True}, "nothing to resume"),
+    ({"resume": True, "overwrite": True}, "--resume and --overwrite contradict each other"),
 ])
 def test_bad_options_are_refused_before_ray_starts(tmp_path, data_dir, changes, message):
     from dcgan.errors import DCGANError
@@ -342,8 +343,28 @@ def test_existing_search_is_not_overwritten(search, data_dir, ray_head):
     proc = run_before_ray(["tune", "--out", str(out), "--address", ray_head.address,
                            *sets({"data_dir": data_dir})], env=ray_head.env, timeout=120)
     assert proc.returncode == 2
-    assert "already holds a search; pass --resume" in one_line_error(proc)
+    assert "already holds a search; pass --resume to continue it or --overwrite to replace " \
+           "it" in one_line_error(proc)
     assert (out / "trials.csv").read_text() == before
+    # --overwrite with an input that fails its checks (a bad key) removes nothing.
+    proc = run_before_ray(["tune", "--out", str(out), "--address", ray_head.address,
+                           "--overwrite", *sets({"data_dir": data_dir, "dropout": 2})],
+                          env=ray_head.env, timeout=120)
+    assert proc.returncode == 2 and "dropout" in one_line_error(proc)
+    assert (out / "trials.csv").read_text() == before
+
+
+def test_overwrite_removes_the_search_and_nothing_else(tmp_path):
+    from dcgan import layout
+    from dcgan_tune.search import remove_search_artifacts
+
+    out = tmp_path / "search"
+    (out / layout.RAY_STORAGE_DIR / "dcgan-search").mkdir(parents=True)
+    for name in layout.SEARCH_ENTRIES[:-1]:
+        (out / name).write_text("old")
+    (out / "notes.txt").write_text("mine")
+    remove_search_artifacts(out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def last_error(proc_output: str) -> str:

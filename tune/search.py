@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,21 +29,22 @@ from typing import Any
 import pyarrow as pa
 
 from dcgan.checkpoint import load_state, save_torch
-from dcgan.config import TrainConfig, load_config, save_config
+from dcgan.config import TrainConfig, ignored_settings, load_config, save_config
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 from dcgan.io import atomic_write_parquet, atomic_write_text
 from dcgan.layout import (
     BEST_CONFIG,
+    RAY_STORAGE_DIR,
     SEARCH_BEST_GENERATOR,
     SEARCH_SETTINGS,
     SEARCH_SUMMARY,
     TRIALS_CSV,
     TRIALS_TABLE,
+    search_artifacts,
 )
-from dcgan.losses import ignored_settings
 from dcgan.prepare import MetricsAddress, check_target, holding
 from dcgan.trainer import RESUME_LOCKED_KEYS, derive_seed
-from dcgan_cluster.preflight import check_local_processes, check_ray_run
+from dcgan_cluster.preflight import check_local_processes, check_ray_run, decide_gpu
 from dcgan_cluster.ray_store import STATE_FILE
 from dcgan_tune.objective import OBJECTIVES, guard
 from dcgan_tune.space import SpaceError, load_space, mutations, to_tune, validate_space
@@ -71,16 +73,17 @@ class SearchOptions:
     max_concurrent: int | None = None
     workers_per_trial: int = 1
     scheduler: str = "asha"
-    budget_steps: int = 1000
+    budget_steps: int = 1600  # less fails the quality guard on full MNIST (docs/tuning.md)
     metric: str = "balance"
     min_classes: int = 10
     baseline: bool = False
     space_file: str | None = None
     address: str | None = None
     resume: bool = False
+    overwrite: bool = False
     config_path: str | None = None
     overrides: tuple[str, ...] = ()
-    use_gpu: bool = False
+    use_gpu: bool | None = False  # None: auto, decided from the cluster once Ray is up
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
 
@@ -151,12 +154,14 @@ def check_options(opts: SearchOptions
         raise ConfigError("--space", f"pbt hands one trial's checkpoint to another, which "
                                      f"cannot resume with another {varied_locks[0]}: make it "
                                      "a constant, or use --scheduler asha")
-    experiment = opts.out / "ray" / EXPERIMENT
+    experiment = opts.out / RAY_STORAGE_DIR / EXPERIMENT
+    if opts.resume and opts.overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; pick one")
     if opts.resume and not experiment.is_dir():
         raise RunDirError(f"nothing to resume: {experiment} does not exist")
-    if not opts.resume and experiment.is_dir():
+    if not opts.resume and not opts.overwrite and search_artifacts(opts.out):
         raise RunDirError(f"{opts.out} already holds a search; pass --resume to continue it or "
-                          "choose another --out")
+                          "--overwrite to replace it")
     if not (opts.address or os.environ.get("RAY_ADDRESS")):
         concurrent = opts.max_concurrent or 1
         check_local_processes(concurrent * opts.workers_per_trial,
@@ -181,8 +186,15 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     started = time.perf_counter()
     opts = dataclasses.replace(opts, out=Path(opts.out).resolve())
     opts, base, space = check_options(opts)  # before Ray's imports: bad input fails at once
-    with holding(opts.out, "dcgan tune"):
+    with holding(opts.out, "dcgan tune",
+                 before=remove_search_artifacts if opts.overwrite else None):
         return _search(opts, base, space, started)
+
+
+def remove_search_artifacts(out: Path) -> None:
+    """--overwrite: only now, with the lock held and every input checked."""
+    for path in search_artifacts(out):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
@@ -214,22 +226,23 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
         # Logical CPUs for every concurrent trial, its workers and Ray Train's controllers.
         init_ray(None, num_cpus=max(cores, concurrent * (w * threads + 1) + 1))
     try:
+        use_gpu = decide_gpu(opts.use_gpu, base, "trials")
         hub = None
         if opts.metrics_port:
             hub, port = start_hub(opts.out.name, "tune", base.to_dict(), opts.metrics_host,
                                   opts.metrics_port)
             print(f"Prometheus metrics of every trial on http://{opts.metrics_host}:{port}/metrics")
-        storage = str(opts.out / "ray")
+        storage = str(opts.out / RAY_STORAGE_DIR)
         trainable = tune.with_parameters(
             run_trial, base=base.to_dict(), workers=w, metric=opts.metric,
             min_classes=opts.min_classes, report_every=report_every, threads=threads,
-            use_gpu=opts.use_gpu, storage=str(opts.out / "ray" / "trials"), hub=hub)
+            use_gpu=use_gpu, storage=str(opts.out / RAY_STORAGE_DIR / "trials"), hub=hub)
         # W = 1: the trial trains in its own process. W > 1: the trial only drives a
         # TorchTrainer, whose workers and controller request their own resources.
-        resources = ({"cpu": threads, "gpu": 1 if opts.use_gpu else 0} if w == 1
+        resources = ({"cpu": threads, "gpu": 1 if use_gpu else 0} if w == 1
                      else {"cpu": 0.01})
         trainable = tune.with_resources(trainable, resources)
-        experiment = opts.out / "ray" / EXPERIMENT
+        experiment = opts.out / RAY_STORAGE_DIR / EXPERIMENT
         if opts.resume:
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)

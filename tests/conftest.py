@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,9 @@ def run_in_process(args: list[str], *, cwd: Path | None = None, env: dict | None
         faulthandler.cancel_dump_traceback_later()
         os.environ.clear()
         os.environ.update(saved_env)
+        # urllib's shared opener keeps the proxies of the environment it was built in: a
+        # command run with http_proxy set must not send this process's later requests there.
+        urllib.request.install_opener(None)
     return subprocess.CompletedProcess(["dcgan", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -114,3 +114,63 @@ def test_suite_times_reads_a_junit_report(tmp_path):
     assert run["wall_s"] == 12.5 and run["tests"] == 3 and run["failed"] == 1
     assert run["files"]["test_a.py"] == {"tests": 2, "seconds": 5.5, "failed": 1, "skipped": 0}
     assert run["slowest"][0] == {"test": "test_b.py::t3", "seconds": 7.0}
+
+
+# -- every documented command line names flags the command has ---------------------------------
+
+COMMAND_PAGES = ("README.md", *sorted(str(p.relative_to(ROOT))
+                                      for p in (ROOT / "docs").glob("*.md")))
+
+
+def documented_commands(text: str) -> list[list[str]]:
+    """The ``dcgan ...`` command lines of a page's bash blocks, continuation lines joined and
+    comments dropped, as argument lists (without the program name)."""
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            match = re.match(r"^(?:\.venv/bin/)?dcgan\s+(.*)$", line)
+            if match:  # a synopsis's [--optional FLAG]: the flag is checked too
+                commands.append(shlex.split(re.sub(r"[\[\]]", " ", match.group(1))))
+    return commands
+
+
+def _subcommands(parser) -> dict:
+    import argparse
+
+    return next((a.choices for a in parser._actions
+                 if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def unknown_flags(args: list[str]) -> list[str]:
+    """The flags of ``dcgan ARGS`` that its (sub)command does not have, and an unknown
+    command as such: what a renamed or removed flag leaves behind in the docs."""
+    from dcgan.cli import build_parser
+
+    parser = build_parser()
+    rest = list(args)
+    while rest and not rest[0].startswith("-") and _subcommands(parser):
+        commands = _subcommands(parser)
+        if rest[0] not in commands:
+            return [f"command {rest[0]}"]
+        parser = commands[rest.pop(0)]
+    flags = {f.split("=")[0] for f in rest if f.startswith("--")}
+    return sorted(f for f in flags if f not in parser._option_string_actions)
+
+
+@pytest.mark.parametrize("page", COMMAND_PAGES)
+def test_every_documented_command_line_uses_flags_the_command_has(page):
+    commands = documented_commands((ROOT / page).read_text())
+    if page in ("README.md", "docs/reference.md"):
+        assert len(commands) >= 5, page  # the examples were found
+    wrong = {" ".join(c): bad for c in commands if (bad := unknown_flags(c))}
+    assert wrong == {}
+
+
+def test_the_flag_check_sees_a_renamed_flag():
+    assert unknown_flags(["train", "--out", "r", "--output", "x"]) == ["--output"]
+    assert unknown_flags(["sample", "--generator", "g", "--image", "x.png"]) == []
+    assert unknown_flags(["classifier", "train", "--epoch", "3"]) == ["--epoch"]
+    assert unknown_flags(["trian", "--out", "r"]) == ["command trian"]

@@ -22,6 +22,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# mkstemp adds 8 random characters; with the leading dot, the dot before them and ".tmp",
+# the temporary name is 14 bytes longer than the file's own.
+_TEMP_EXTRA = 14
+
+
+def _temp_prefix(path: Path) -> str:
+    """The temporary file's prefix: ``.NAME.``, with NAME cut short when the whole temporary
+    name would pass the file system's limit (a name the file system takes must stay
+    writable: the limit applies to the temporary name first)."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    name = os.fsencode(path.name)
+    if len(name) + _TEMP_EXTRA > limit:
+        name = name[:max(1, limit - _TEMP_EXTRA)]
+    return "." + os.fsdecode(name) + "."
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
@@ -29,7 +47,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _mode_for(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             # Before any data: no reader ever sees the file with other permissions.

@@ -49,9 +49,23 @@ def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
+def name_max(folder: str | Path) -> int:
+    """The longest file name the file system holding ``folder`` (or its nearest existing
+    parent) takes."""
+    try:
+        return os.pathconf(_nearest_existing(Path(folder).absolute()), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_writable_file(path: str | Path, flag: str) -> Path:
-    """``path`` is a file we can (over)write: not a directory, its folder writable."""
+    """``path`` is a file we can (over)write: not a directory, its folder writable, its name
+    within the file system's limit (checked before the work, not found at its end)."""
     path = Path(path).expanduser()
+    limit = name_max(path.parent)
+    if len(os.fsencode(path.name)) > limit:  # first: the OS refuses even to look it up
+        raise PathError(f"{flag}: the file name is {len(os.fsencode(path.name))} bytes long; "
+                        f"this file system takes at most {limit}")
     if path.is_dir():
         raise PathError(f"{flag} {path} is a directory; give a file name")
     check_writable_dir(path.parent, f"{flag} {path}: its folder")

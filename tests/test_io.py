@@ -126,3 +126,28 @@ def test_parquet_is_written_atomically_with_the_umask_mode(tmp_path):
     assert pq.read_table(path).to_pydict() == {"a": [1, 2]}
     assert path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temporary left
+
+
+def test_a_name_at_the_file_systems_limit_is_written(tmp_path):
+    """The temporary name of an atomic write is cut short rather than passing the limit: a
+    name the file system takes stays writable, and no temporary file is left."""
+    import os
+
+    from dcgan.io import atomic_write_text
+
+    longest = "x" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 4) + ".png"
+    atomic_write_text(tmp_path / longest, "done")
+    assert [p.name for p in tmp_path.iterdir()] == [longest]
+    assert (tmp_path / longest).read_text() == "done"
+
+
+def test_a_name_past_the_limit_is_refused_before_any_work(tmp_path):
+    import os
+
+    from .conftest import one_line_error, run_cli
+
+    too_long = "y" * (os.pathconf(tmp_path, "PC_NAME_MAX") + 1) + ".png"
+    proc = run_cli(["sample", "--generator", str(tmp_path / "missing.pth"),
+                    "--image", str(tmp_path / too_long)])
+    assert proc.returncode == 2
+    assert "the file name is" in one_line_error(proc) and "takes at most" in one_line_error(proc)

@@ -89,7 +89,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                    metrics_port=args.metrics_port)
     if outcome is Outcome.INTERRUPTED:
         return EXIT_INTERRUPTED.get(trainer.stop_requested or "", 1)
-    print(f"Artifacts in {args.out}")
+    from pathlib import Path
+
+    from dcgan.layout import BEST_GENERATOR
+
+    best = Path(args.out) / BEST_GENERATOR
+    print(f"Artifacts in {args.out}" + (f"; the best generator: {best}" if best.is_file()
+                                        else ""))
     return 0
 
 

@@ -267,6 +267,9 @@ def test_sigterm_during_the_final_evaluation_saves_and_exits(tmp_path, data_dir)
     resumed = run_cli([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "rescored with 20,000 samples" in resumed.stdout
+    # The run's last line names the generator to use: the best one.
+    assert resumed.stdout.splitlines()[-1].endswith(f"the best generator: "
+                                                    f"{out / layout.BEST_GENERATOR}")
     for name in (layout.GENERATOR_FINAL, layout.BEST_SAMPLES, layout.DIAGNOSTICS_FILE):
         assert (out / name).exists(), name
 

@@ -333,12 +333,14 @@ def read_config_text(path: str | Path, flag: str = "--config") -> str:
     pipe or a device), at most ``MAX_CONFIG_BYTES``, UTF-8 text."""
     path = Path(path)
     try:
+        # Before opening: opening a pipe would wait for a writer, a device may never end.
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(flag, f"{quote(str(path))} is a directory, not a file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(flag, f"{quote(str(path))} is not a regular file")
         with open(path, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ConfigError(flag, f"{quote(str(path))} is not a regular file")
             data = fh.read(MAX_CONFIG_BYTES + 1)
-    except IsADirectoryError:
-        raise ConfigError(flag, f"{quote(str(path))} is a directory, not a file") from None
     except OSError as exc:
         raise ConfigError(flag, f"cannot read {quote(str(path))}: "
                                 f"{exc.strerror or exc}") from None

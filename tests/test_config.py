@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import yaml
 
@@ -220,6 +222,9 @@ def _config_files(tmp_path):
         yield name, str(path), needle
     yield "a directory", str(tmp_path), "is a directory"
     yield "an endless device", "/dev/zero", "is not a regular file"
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    yield "a pipe nobody writes to", str(fifo), "is not a regular file"
 
 
 def test_config_files_that_are_not_configs_are_refused_in_one_line(tmp_path, capsys):

@@ -268,3 +268,16 @@ def test_flags_from_outside_are_refused_in_one_line(capsys, args, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_the_smoke_configuration_is_the_recommended_one_made_short():
+    """make smoke shows what the recommended settings draw in 900 steps: its optimiser, loss
+    and discriminator settings are the recommended configuration's."""
+    from .conftest import ROOT as root
+
+    smoke = load_config(root / "configs" / "smoke.yaml")
+    recommended = load_config(root / "configs" / "recommended.yaml")
+    for key in ("batch_size", "g_lr", "d_lr", "beta1", "beta2", "loss", "label_smoothing",
+                "label_smoothing_mode", "dropout", "precision"):
+        assert getattr(smoke, key) == getattr(recommended, key), key
+    assert smoke.epochs * smoke.train_subset // smoke.batch_size == 900

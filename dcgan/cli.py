@@ -45,12 +45,10 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from dcgan.config import config_yaml, ignored_settings, load_config
+    from dcgan.config import config_yaml, load_config, note_ignored_settings
 
     cfg = load_config(args.config, config_overrides(args))
-    note = ignored_settings(cfg)
-    if note:
-        print(note, file=sys.stderr)
+    note_ignored_settings(cfg)
     sys.stdout.write(config_yaml(cfg))
     return 0
 

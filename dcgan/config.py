@@ -401,6 +401,15 @@ def ignored_settings(cfg: TrainConfig) -> str | None:
             "the value is kept in the config but changes nothing")
 
 
+def note_ignored_settings(cfg: TrainConfig) -> None:
+    """Print ``ignored_settings``'s note, if any, on stderr (once per command)."""
+    import sys
+
+    note = ignored_settings(cfg)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+
+
 def config_yaml(cfg: TrainConfig) -> str:
     """Every key, in the dataclass's order, as YAML that ``--config`` reads back to ``cfg``."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

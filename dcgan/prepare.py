@@ -19,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcgan.config import TrainConfig, ignored_settings, load_config, save_config
+from dcgan.config import TrainConfig, load_config, note_ignored_settings, save_config
 from dcgan.errors import ConfigError, RunDirError
 from dcgan.io import atomic_write_text
 from dcgan.layout import CONFIG_CHANGES, CONFIG_FILE, run_artifacts
@@ -104,9 +103,7 @@ def request_config(saved: dict[str, Any] | None, config_path: str | Path | None,
     """The config a run trains with and what it changes: a fresh run's is defaults < --config
     < --set; a resumed run's (``saved``: what it was trained with) starts from ``saved``."""
     cfg = load_config(config_path, overrides, base=saved)
-    note = ignored_settings(cfg)
-    if note:
-        print(note, file=sys.stderr, flush=True)
+    note_ignored_settings(cfg)
     return cfg, (config_changes(saved, cfg) if saved is not None else {})
 
 

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from dcgan.checkpoint import load_state, save_torch
-from dcgan.config import TrainConfig, ignored_settings, load_config, save_config
+from dcgan.config import TrainConfig, load_config, note_ignored_settings, save_config
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 from dcgan.io import atomic_write_parquet, atomic_write_text
 from dcgan.layout import (
@@ -146,9 +145,7 @@ def check_options(opts: SearchOptions
         base = load_config(opts.config_path, list(opts.overrides))
         base = base.replace(max_steps=opts.budget_steps)
         space = validate_space(load_space(opts.space_file), base)
-        note = ignored_settings(base)
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        note_ignored_settings(base)
     varied_locks = [k for k in RESUME_LOCKED_KEYS if isinstance(space.get(k), dict)]
     if opts.scheduler == "pbt" and varied_locks:
         raise ConfigError("--space", f"pbt hands one trial's checkpoint to another, which "

@@ -82,7 +82,12 @@ def check_request(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def remove_artifacts(run_dir: Path) -> None:
     """--overwrite: only now, with the lock held and every input checked."""
-    for path in run_artifacts(run_dir):
+    remove_paths(run_artifacts(run_dir))
+
+
+def remove_paths(paths: list[Path]) -> None:
+    """Remove each file or folder (what an --overwrite found to be ours)."""
+    for path in paths:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from dcgan.layout import (
     TRIALS_TABLE,
     search_artifacts,
 )
-from dcgan.prepare import MetricsAddress, check_target, holding
+from dcgan.prepare import MetricsAddress, check_target, holding, remove_paths
 from dcgan.trainer import RESUME_LOCKED_KEYS, derive_seed
 from dcgan_cluster.preflight import check_local_processes, check_ray_run, decide_gpu
 from dcgan_cluster.ray_store import STATE_FILE
@@ -190,8 +189,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
 
 def remove_search_artifacts(out: Path) -> None:
     """--overwrite: only now, with the lock held and every input checked."""
-    for path in search_artifacts(out):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove_paths(search_artifacts(out))
 
 
 def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides, directory
+from dcgan.config import Tristate
 
 
 def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
                                    "with DistributedDataParallel (gloo on CPUs, NCCL on GPUs).")
     p.add_argument("--out", type=directory, required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--workers", type=int, required=True, metavar="N", help="training workers")
-    p.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
+    p.add_argument("--use-gpu", default="auto", choices=Tristate.CHOICES,
                    help="one GPU per worker (auto: if the Ray cluster reports GPUs)")
     p.add_argument("--address", metavar="HOST:PORT",
                    help="an existing Ray cluster (default: RAY_ADDRESS, else a fresh local "

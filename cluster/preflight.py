@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dcgan.config import TrainConfig
+from dcgan.config import TrainConfig, Tristate
 from dcgan.data import check_mnist
 from dcgan.errors import ConfigError, DCGANError, shown
 
@@ -26,8 +26,9 @@ class ClusterError(DCGANError):
 def resolve_use_gpu(flag: str) -> bool | None:
     """--use-gpu: True or False; None for auto, decided by ``cluster_gpus`` once Ray is up
     (the driver may run on a CPU-only head of a cluster whose workers have GPUs)."""
-    if flag not in ("auto", "true", "false"):
-        raise ConfigError("--use-gpu", f"must be auto, true or false (got {shown(flag)})")
+    if flag not in Tristate.CHOICES:
+        raise ConfigError("--use-gpu",
+                          f"must be one of {', '.join(Tristate.CHOICES)} (got {shown(flag)})")
     return None if flag == "auto" else flag == "true"
 
 

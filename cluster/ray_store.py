@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dcgan.checkpoint import load_state, save_torch, with_header
-from dcgan.layout import RAY_STATE_FILE as STATE_FILE
+from dcgan.layout import RAY_STATE_FILE
 
 
 class RayStore:
@@ -39,7 +39,7 @@ class RayStore:
             ray_api.report(report, checkpoint=None)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                save_torch(with_header(state), Path(tmp) / STATE_FILE)
+                save_torch(with_header(state), Path(tmp) / RAY_STATE_FILE)
                 ray_api.report(report, checkpoint=ray_api.Checkpoint.from_directory(tmp))
         return f"{self.api} checkpoint at step {report['step']}"
 
@@ -49,4 +49,4 @@ class RayStore:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as directory:
-            return f"{self.api} checkpoint", load_state(Path(directory) / STATE_FILE)
+            return f"{self.api} checkpoint", load_state(Path(directory) / RAY_STATE_FILE)

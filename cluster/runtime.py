@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from dcgan.checkpoint import KEEP_LATEST
 from dcgan_cluster.worker import WorkerSpec
 
 
@@ -58,4 +59,4 @@ def torch_trainer(spec: WorkerSpec, *, workers: int, gpu: bool,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_LATEST)))

@@ -100,7 +100,7 @@ class StartupTimer(Callback):
                           json.dumps({"start_to_first_step_s": seconds}) + "\n")
 
 
-def worker_group(step: int) -> list[dict[str, Any]]:
+def worker_group() -> list[dict[str, Any]]:
     """Where every rank of this worker group runs (a collective: every rank calls it)."""
     import os
     import socket
@@ -150,7 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resume_hint="Rerun the same command with --resume to continue.",
         metrics_push=hub_pusher(spec.metrics_hub) if spec.metrics_hub is not None else None,
         trial=spec.trial, callbacks=timer, restore=restore)
-    workers = worker_group(trainer.step) if world > 1 else None
+    workers = worker_group() if world > 1 else None
     if placement.leads:
         if restore is not None:
             print(f"Restored from the checkpoint at step {trainer.step}")

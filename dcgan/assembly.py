@@ -27,7 +27,6 @@ from dcgan.callbacks import (
     Checkpointer,
     ConsoleLogger,
     FinalArtifacts,
-    QualityEvaluator,
     SampleWriter,
     StatsWriter,
     WeightFiles,
@@ -38,6 +37,7 @@ from dcgan.data import load_mnist
 from dcgan.monitoring import MetricsCallback, MetricsUpdate
 from dcgan.quality import build_meter
 from dcgan.report import DiagnosticsReporter
+from dcgan.selection import QualityEvaluator
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Trainer
 
@@ -69,10 +69,11 @@ def mode_callbacks(cfg: TrainConfig, device: torch.device, store: StateStore, *,
         return [Checkpointer(store)]  # every rank reports states (a barrier); none writes
     if run_dir is None:  # a search trial: scores and reports, writes nothing
         meter = build_meter(cfg.data_dir, device)
-        return [QualityEvaluator(meter, every_steps=quality_every_steps),
+        return [QualityEvaluator(meter, every_steps=quality_every_steps, keep=cfg.rescore_top),
                 Checkpointer(store, report=report)]
     meter = build_meter(cfg.data_dir, device) if cfg.eval_every else None
-    quality = [QualityEvaluator(meter, run_dir, write)] if meter is not None else []
+    quality = ([QualityEvaluator(meter, run_dir, write, keep=cfg.rescore_top)]
+               if meter is not None else [])
     return [ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), *quality,
             WeightFiles(run_dir), Checkpointer(store, write, report, resume_hint),
             StatsWriter(run_dir), DiagnosticsReporter(run_dir, write), FinalArtifacts(run_dir)]

@@ -1,5 +1,5 @@
-"""The side effects of the training loop: console, progress bar, samples, quality, checkpoints,
-stats and final files.
+"""The side effects of the training loop: console, progress bar, samples, checkpoints, stats
+and final files (quality and the choice of the best generator: ``dcgan.selection``).
 
 Each is a small ``Callback``; ``dcgan.assembly`` picks the ones a process needs (distributed
 workers other than rank 0, and search trials, pick none of the file writers).
@@ -7,24 +7,15 @@ workers other than rank 0, and search trials, pick none of the file writers).
 
 from __future__ import annotations
 
-import copy
-import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from dcgan.checkpoint import StateStore, save_torch
-from dcgan.generation import generate, sample, save_grid
-from dcgan.io import atomic_write_text
-from dcgan.layout import (  # noqa: F401  (BEST_GENERATOR, BEST_INFO: re-exported)
-    BEST_GENERATOR,
-    BEST_INFO,
-    BEST_SAMPLES,
+from dcgan.checkpoint import StateStore, save_torch, state_cpu
+from dcgan.generation import generate, save_grid
+from dcgan.layout import (
     DISCRIMINATOR_FINAL,
-    EVAL_FILE,
     FINAL_SAMPLES,
     GENERATOR_EMA_FINAL,
     GENERATOR_FINAL,
@@ -32,9 +23,8 @@ from dcgan.layout import (  # noqa: F401  (BEST_GENERATOR, BEST_INFO: re-exporte
     epoch_weights,
     samples_file,
 )
-from dcgan.quality import quality_summary
-from dcgan.stats import best_overall, write_evals_parquet
-from dcgan.trainer import Callback, Outcome, StopRequested, Trainer, derive_seed
+from dcgan.selection import averaged_generator
+from dcgan.trainer import Callback, Outcome, Trainer
 
 
 def log_line(row: dict, batches_per_epoch: int) -> str:
@@ -43,11 +33,6 @@ def log_line(row: dict, batches_per_epoch: int) -> str:
             f"[D: {row['d_loss']:.4f}] [G: {row['g_loss']:.4f}] "
             f"[Real Acc: {100 * row['d_real_acc']:.2f}%] "
             f"[Fake Acc: {100 * row['d_fake_acc']:.2f}%]")
-
-
-def _state_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy, also on the CPU: ``.cpu()`` alone would alias weights that keep training."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 class ConsoleLogger(Callback):
@@ -157,9 +142,9 @@ class WeightFiles(Callback):
         every = trainer.cfg.checkpoint_every
         done = trainer.step // trainer.batches_per_epoch  # epochs completed
         if every and done % every == 0:
-            save_torch(_state_cpu(trainer.generator),
+            save_torch(state_cpu(trainer.generator),
                        self.run_dir / epoch_weights("generator", done))
-            save_torch(_state_cpu(trainer.discriminator),
+            save_torch(state_cpu(trainer.discriminator),
                        self.run_dir / epoch_weights("discriminator", done))
 
 
@@ -213,162 +198,6 @@ class Checkpointer(Callback):
                        f"to {where}. {self.resume_hint}".rstrip())
 
 
-def averaged_generator(trainer: Trainer) -> torch.nn.Module:
-    """The EMA generator with BatchNorm statistics of its own (seeded by the step: the same
-    weights give the same file on a resumed run)."""
-    return trainer.ema.averaged_generator(
-        trainer.generator, derive_seed(trainer.cfg.seed, "ema-bn", trainer.step))
-
-
-def record_quality(trainer: Trainer, meter) -> list[tuple[dict, torch.nn.Module]]:
-    """Score ``eval_samples`` images of the generator, and of its moving average when there
-    is one, from the same noise; append one row per generator to the stats' evaluations
-    (once per step). Returns the new rows with their generators. Leaves the training RNGs
-    untouched."""
-    evals = trainer.stats.evals
-    if evals and evals[-1]["step"] == trainer.step:
-        return []
-    cfg = trainer.cfg
-    candidates = [("raw", trainer.generator)]
-    if trainer.ema is not None:
-        candidates.append(("ema", averaged_generator(trainer)))
-    epochs = round(trainer.step / trainer.batches_per_epoch, 4)
-    new = []
-    for name, generator in candidates:
-        quality = meter.measure(sample(generator, cfg.eval_samples,
-                                       derive_seed(cfg.seed, "eval")))
-        row = {"step": trainer.step, "epoch": epochs, "generator": name,
-               "time": round(trainer.elapsed(), 3), **quality.to_dict()}
-        evals.append(row)
-        new.append((row, generator))
-    return new
-
-
-def keep_candidates(trainer: Trainer, new: list[tuple[dict, torch.nn.Module]]) -> None:
-    """Keep the ``rescore_top`` lowest-FID evaluations of the run with their weights."""
-    keep = max(trainer.cfg.rescore_top, 1)
-    pool = trainer.candidates
-    for row, generator in new:
-        worst = max((c["row"]["fid"] for c in pool), default=float("inf"))
-        if len(pool) < keep or row["fid"] < worst:
-            pool.append({"row": dict(row), "weights": _state_cpu(generator)})
-            pool.sort(key=lambda c: c["row"]["fid"])
-            del pool[keep:]
-
-
-class QualityEvaluator(Callback):
-    """FID, IS and class coverage of ``eval_samples`` images of G and of its moving average,
-    kept with the stats (and so in checkpoints): every ``eval_every`` epochs and at the end,
-    or, for a search trial, every ``every_steps`` steps and at its last step (so that each
-    report carries a fresh score).
-
-    Whenever either generator scores the lowest FID of the run so far, its weights become
-    ``trainer.best_generator`` (kept in the full state). With a ``run_dir`` the evaluations
-    are also written to ``EVAL_FILE`` and the best generator to ``BEST_GENERATOR`` (a plain
-    state dict) with ``BEST_INFO`` beside it. When a run with a ``run_dir`` completes, its
-    ``rescore_top`` best evaluations are scored again with ``rescore_samples`` images, and
-    the best of those becomes the best generator (``BEST_INFO`` lists them all)."""
-
-    def __init__(self, meter, run_dir: Path | None = None,
-                 write: Callable[[str], None] | None = None, every_steps: int = 0):
-        self.meter, self.write, self.every_steps = meter, write, every_steps
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-
-    def evaluate(self, trainer: Trainer) -> None:
-        before = best_overall(trainer.stats.evals)
-        evals, known = trainer.stats.evals, len(trainer.stats.evals)
-        try:
-            with trainer.abortable():
-                new = record_quality(trainer, self.meter)
-        except StopRequested:
-            del evals[known:]  # no half evaluation: the resume evaluates this step again
-            raise
-        if not new:
-            return
-        row, generator = min(new, key=lambda pair: pair[0]["fid"])
-        improved = before is None or row["fid"] < before["fid"]
-        if improved:
-            trainer.best_generator = _state_cpu(generator)
-        keep_candidates(trainer, new)
-        if self.run_dir is not None:
-            write_evals_parquet(trainer.stats.evals, self.run_dir / EVAL_FILE)
-            if improved:
-                self._save_best(row, trainer.best_generator)
-        if self.write is not None:
-            for row, _ in new:
-                label = "EMA G" if row["generator"] == "ema" else "G"
-                self.write(f"[Epoch {trainer.epoch}] quality of {label} ({row['n']} samples): "
-                           f"{quality_summary(row)}")
-
-    def rescore(self, trainer: Trainer) -> None:
-        """Score the few best-evaluated generators again with ``rescore_samples`` images
-        (fresh noise, not the evaluations'): at ``eval_samples`` images the ranking of close
-        candidates is noise. The winner becomes the run's best generator."""
-        cfg, candidates = trainer.cfg, trainer.candidates
-        if cfg.rescore_top < 2 or len(candidates) < 2:
-            return
-        generator = copy.deepcopy(trainer.generator)
-        scored = []
-        with trainer.abortable():  # cut short, the best generator stays as it was
-            for candidate in candidates:
-                generator.load_state_dict(candidate["weights"])
-                quality = self.meter.measure(sample(generator, cfg.rescore_samples,
-                                                    derive_seed(cfg.seed, "rescore")))
-                scored.append((quality.to_dict(), candidate))
-        (quality, winner) = min(scored, key=lambda pair: pair[0]["fid"])
-        trainer.best_generator = winner["weights"]
-        rescored = [{"step": c["row"]["step"], "generator": c["row"]["generator"],
-                     "eval_fid": c["row"]["fid"], "fid": q["fid"],
-                     "inception_score": q["inception_score"], "n": q["n"]}
-                    for q, c in scored]
-        if self.run_dir is not None:
-            self._save_best(winner["row"], winner["weights"],
-                            {"rescored": rescored, "rescore_samples": cfg.rescore_samples,
-                             "rescored_fid": quality["fid"],
-                             "rescored_inception_score": quality["inception_score"]})
-        if self.write is not None:
-            label = "EMA G" if winner["row"]["generator"] == "ema" else "G"
-            self.write(f"Best generator: {label} of step {winner['row']['step']}, chosen from "
-                       f"the {len(scored)} best evaluations rescored with "
-                       f"{cfg.rescore_samples:,} samples: {quality_summary(quality)}")
-
-    def _save_best(self, row: dict, weights: dict[str, torch.Tensor],
-                   extra: dict | None = None) -> None:
-        save_torch(weights, self.run_dir / BEST_GENERATOR)
-        keys = ("step", "epoch", "generator", "fid", "inception_score", "classes_covered",
-                "largest_class_fraction", "mean_confidence", "n")
-        info = {k: row[k] for k in keys if k in row} | {"eval_samples": row.get("n")}
-        atomic_write_text(self.run_dir / BEST_INFO,
-                          json.dumps(info | (extra or {}), indent=2) + "\n")
-
-    def on_step_end(self, trainer: Trainer) -> None:
-        every = self.every_steps
-        if every and (trainer.step % every == 0 or trainer.step >= trainer.total_steps):
-            trainer.flush()
-            self.evaluate(trainer)
-
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        every = trainer.cfg.eval_every
-        if every and (trainer.step // trainer.batches_per_epoch) % every == 0:
-            self.evaluate(trainer)
-
-    def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
-        if outcome is Outcome.COMPLETED and (trainer.cfg.eval_every or self.every_steps):
-            self.evaluate(trainer)
-            if self.run_dir is not None:  # a search trial ranks by its evaluations
-                self.rescore(trainer)
-                self.save_best_samples(trainer)
-
-    def save_best_samples(self, trainer: Trainer) -> None:
-        """The best generator's 64 samples from the run's fixed noise, beside the seed's
-        final ones: the picture a user should look at first."""
-        if trainer.best_generator is None:
-            return
-        generator = copy.deepcopy(trainer.generator)
-        generator.load_state_dict(trainer.best_generator)
-        save_grid(generate(generator, trainer.fixed_noise), self.run_dir / BEST_SAMPLES)
-
-
 class StatsWriter(Callback):
     """Rewrites the Parquet stats at every epoch end (so ``dcgan analyze`` can follow a run),
     whenever a full state is saved (so the two agree) and when training stops; at most once
@@ -405,8 +234,8 @@ class FinalArtifacts(Callback):
     def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None:
         if outcome is not Outcome.COMPLETED:
             return
-        save_torch(_state_cpu(trainer.generator), self.run_dir / GENERATOR_FINAL)
-        save_torch(_state_cpu(trainer.discriminator), self.run_dir / DISCRIMINATOR_FINAL)
+        save_torch(state_cpu(trainer.generator), self.run_dir / GENERATOR_FINAL)
+        save_torch(state_cpu(trainer.discriminator), self.run_dir / DISCRIMINATOR_FINAL)
         save_grid(generate(trainer.generator, trainer.fixed_noise), self.run_dir / FINAL_SAMPLES)
         if trainer.ema is not None:  # the average, with BatchNorm statistics of its own
-            save_torch(_state_cpu(averaged_generator(trainer)), self.run_dir / GENERATOR_EMA_FINAL)
+            save_torch(state_cpu(averaged_generator(trainer)), self.run_dir / GENERATOR_EMA_FINAL)

@@ -19,8 +19,15 @@ from dcgan.io import atomic_write_bytes
 from dcgan.layout import CHECKPOINT_DIR, STATE_RE, STATE_TMP_GLOB, state_file
 
 FORMAT = "dcgan-train-state"
-VERSION = 1
-KEEP_LATEST = 2  # the newest full state and one fallback, should the newest be unreadable
+# 2: the model selection's state (best generator, candidates) is its own part, "selection";
+# version 1 held them as top-level keys and is upgraded on load.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+HEADER_KEYS = ("format", "version")
+SELECTION_KEY = "selection"  # the part of dcgan.selection.ModelSelection
+# The newest full state and one fallback, should the newest be unreadable: local runs, Ray
+# Train's checkpoints (dcgan_cluster.runtime) and a search's trials (dcgan_tune.search).
+KEEP_LATEST = 2
 REQUIRED_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "step", "rng", "fixed_noise",
                  "config", "stats", "elapsed")
 
@@ -44,6 +51,12 @@ def load_torch(path: str | Path, *, what: str = "checkpoint",
         raise error(f"{what} {path} does not exist") from None
     except Exception as exc:  # pickle, zip and torch errors all mean "unusable file"
         raise error(f"{what} {path} {unusable} ({first_line(exc, limit=160)})") from None
+
+
+def state_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of a module's weights on the CPU: ``.cpu()`` alone would alias weights that keep
+    training."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 state_path = state_file  # the layout's name for it
@@ -99,9 +112,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
     state = load_torch(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a dcgan full-state checkpoint")
-    if state.get("version") != VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path} has format version {state.get('version')}, "
-                              f"this dcgan reads version {VERSION}")
+                              f"this dcgan reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    state = upgrade(state)
     missing = incomplete_parts(state)
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete (missing or malformed: "
@@ -109,11 +124,21 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A state of an older format version in today's layout."""
+    if state.get("version") == 1:
+        legacy = {k: state.pop(k) for k in ("best_generator", "candidates") if k in state}
+        state[SELECTION_KEY] = legacy or None
+        state["version"] = VERSION
+    return state
+
+
 # The parts inside a full state that a resume reads, by where they sit (optional parts: their
 # keys, when the part is there at all).
 _NESTED = {"rng": ("device_type", "torch", "noise"),
            "opt_g": ("state", "param_groups"), "opt_d": ("state", "param_groups")}
-_OPTIONAL = {"ema": ("decay", "updates", "shadow"), "augment": ("p", "generator")}
+_OPTIONAL = {"ema": ("decay", "updates", "shadow"), "augment": ("p", "generator"),
+             SELECTION_KEY: ("best_generator", "candidates")}
 
 
 def incomplete_parts(state: dict[str, Any]) -> list[str]:

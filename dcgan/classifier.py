@@ -18,10 +18,10 @@ from torch import nn
 
 from dcgan.checkpoint import load_torch
 from dcgan.errors import DCGANError, first_line
+from dcgan.features import FEATURE_DIM
 from dcgan.io import atomic_write_bytes
 
 VERSION = "mnist-cnn-v1"
-FEATURE_DIM = 128
 WEIGHTS_PATH = Path(__file__).with_name("assets") / "mnist_classifier_v1.pt"
 WEIGHTS_SHA256 = "f47c815100d0b4069d0786320f8e26d24c36fd024a12a3901386b0eb61903cb7"
 

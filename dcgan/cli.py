@@ -223,8 +223,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from dcgan.config import TrainConfig
+    from dcgan.features import MIN_SAMPLES
     from dcgan.io import atomic_write_text
-    from dcgan.quality import MIN_SAMPLES, QualityError, build_meter
+    from dcgan.quality import QualityError, build_meter
 
     if args.n < MIN_SAMPLES:
         raise QualityError(f"--n {args.n} is too small: FID needs more samples than its feature "

@@ -19,6 +19,7 @@ import yaml
 
 from dcgan.augment import TRANSFORMS
 from dcgan.errors import ConfigError, quote, shown
+from dcgan.features import MIN_SAMPLES
 from dcgan.losses import LOSSES, build_loss, loss_defaults
 
 DATA_DIR_ENV = "DCGAN_DATA_DIR"
@@ -49,7 +50,7 @@ class Tristate(str):
     """The type of the auto / true / false keys: YAML's booleans (``channels_last: false``)
     and the strings (``--set channels_last=false``) both give "true" or "false"."""
 
-    CHOICES = ("auto", "true", "false")
+    CHOICES = ("auto", "true", "false")  # also what the wings' --use-gpu takes
 
 
 class Names(str):
@@ -175,13 +176,14 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("sample_every", "checkpoint_every", "checkpoint_every_steps", "train_subset",
                 "max_steps", "seed", "eval_every", "max_failures", "rescore_top"):
         _require(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
-    # FID's 128-d feature covariance needs more samples than dimensions (dcgan.quality);
-    # the upper bounds keep a typo's extra zeros from filling the machine's memory.
-    _require(cfg.eval_samples >= 129, "eval_samples", "must be >= 129", cfg.eval_samples)
+    # FID's feature covariance needs more samples than dimensions (dcgan.features); the
+    # upper bounds keep a typo's extra zeros from filling the machine's memory.
+    _require(cfg.eval_samples >= MIN_SAMPLES, "eval_samples", f"must be >= {MIN_SAMPLES}",
+             cfg.eval_samples)
     _require(cfg.eval_samples <= MAX_EVAL_SAMPLES, "eval_samples",
              f"must be <= {MAX_EVAL_SAMPLES}", cfg.eval_samples)
-    _require(129 <= cfg.rescore_samples <= MAX_EVAL_SAMPLES, "rescore_samples",
-             f"must be in 129-{MAX_EVAL_SAMPLES}", cfg.rescore_samples)
+    _require(MIN_SAMPLES <= cfg.rescore_samples <= MAX_EVAL_SAMPLES, "rescore_samples",
+             f"must be in {MIN_SAMPLES}-{MAX_EVAL_SAMPLES}", cfg.rescore_samples)
     _require(0 <= cfg.lr_decay <= 1, "lr_decay", "must be in [0, 1]", cfg.lr_decay)
     _require(0 <= cfg.lr_decay_final <= 1, "lr_decay_final", "must be in [0, 1]",
              cfg.lr_decay_final)
@@ -204,10 +206,9 @@ def validate(cfg: TrainConfig) -> None:
              "must be one of auto, cpu, cuda, cuda:N", cfg.device)
     _require(cfg.precision in PRECISIONS, "precision", "must be one of fp32, bf16, fp16",
              cfg.precision)
-    _require(cfg.sync_batchnorm in ("auto", "true", "false"), "sync_batchnorm",
-             "must be one of auto, true, false", cfg.sync_batchnorm)
-    _require(cfg.channels_last in ("auto", "true", "false"), "channels_last",
-             "must be one of auto, true, false", cfg.channels_last)
+    for key in ("sync_batchnorm", "channels_last"):
+        _require(getattr(cfg, key) in Tristate.CHOICES, key,
+                 f"must be one of {', '.join(Tristate.CHOICES)}", getattr(cfg, key))
     _require(cfg.compile in COMPILE_MODES, "compile",
              f"must be one of {', '.join(COMPILE_MODES)}", cfg.compile)
     _require(bool(cfg.data_dir.strip()), "data_dir", "must not be empty", cfg.data_dir)
@@ -249,7 +250,8 @@ def _coerce(key: str, raw: Any) -> Any:
             return "true" if raw else "false"
         if isinstance(raw, str) and raw.strip().lower() in Tristate.CHOICES:
             return raw.strip().lower()
-        raise ConfigError(key, f"must be one of auto, true, false (got {shown(raw)})")
+        raise ConfigError(key, f"must be one of {', '.join(Tristate.CHOICES)} "
+                               f"(got {shown(raw)})")
     if want is Names:
         items = raw if isinstance(raw, list) else raw.split(",") if isinstance(raw, str) \
             else None

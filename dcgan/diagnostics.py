@@ -15,19 +15,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from dcgan.io import json_safe
-from dcgan.losses import BCELoss, LossProfile, bce_floor, d_loss_floor
-
-__all__ = ["bce_floor", "d_loss_floor"]  # re-exported: the seed's floors, by their old names
+from dcgan.losses import BCELoss, LossProfile
 
 DEFAULT_WINDOW = 100  # the seed's "last 100 iterations"
 LONG_WINDOW = 500  # for "D accuracy > 95% over a long window"
-# The seed's bands, which are BCE's profile (dcgan.losses): kept as names for the figure.
+# The seed's loss and its bands: BCE's profile (dcgan.losses), the default of every function
+# here; a run's own loss passes its profile.
 SEED_PROFILE = BCELoss(0.1).profile
-RATIO_BAND = SEED_PROFILE.ratio_band
-ACC_BAND = SEED_PROFILE.acc_band
-LOSS_BAND = SEED_PROFILE.loss_band
-D_TOO_STRONG = SEED_PROFILE.d_too_strong
-D_DOMINANT = SEED_PROFILE.d_dominant
 FLOOR_MARGIN = 0.05  # "at the floor" = within this many nats of the smallest possible loss
 UNSTABLE_CV = 0.5  # loss standard deviation / mean over the window
 COLLAPSE_RATIO = 0.5  # sample diversity / real-image diversity below this = collapse

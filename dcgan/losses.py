@@ -34,9 +34,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-class TrainConfig(Protocol):
-    """The config keys the losses read (``dcgan.config.TrainConfig`` has them; the config
-    module imports this one, so the type is named here, not imported)."""
+class LossSettings(Protocol):
+    """The config keys the losses read. ``dcgan.config.TrainConfig`` has them; it is not
+    imported here (the config module imports this one), and this type has its own name so
+    that it is never mistaken for the config."""
 
     loss: str
     label_smoothing: float
@@ -124,7 +125,7 @@ class GANLoss:
     ignored_why = "they belong to another loss"
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> GANLoss:
+    def from_config(cls, cfg: LossSettings) -> GANLoss:
         return cls()
 
     @property
@@ -167,7 +168,7 @@ class BCELoss(GANLoss):
         self._targets: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> BCELoss:
+    def from_config(cls, cfg: LossSettings) -> BCELoss:
         return cls(cfg.label_smoothing, cfg.one_sided_smoothing)
 
     def targets(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,7 +263,7 @@ class WGANGPLoss(GANLoss):
         self.gp_weight = gp_weight
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> WGANGPLoss:
+    def from_config(cls, cfg: LossSettings) -> WGANGPLoss:
         return cls(cfg.gp_weight)
 
     @property
@@ -331,7 +332,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
 LOSSES: dict[str, type[GANLoss]] = {cls.name: cls for cls in (BCELoss, HingeLoss, WGANGPLoss)}
 
 
-def build_loss(cfg: TrainConfig) -> GANLoss:
+def build_loss(cfg: LossSettings) -> GANLoss:
     return LOSSES[cfg.loss].from_config(cfg)
 
 

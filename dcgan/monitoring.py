@@ -38,17 +38,21 @@ STATUS_CODES = {"good": 0, "warning": 1, "bad": 2}
 BAD_CHECKS = frozenset({"vanishing_gradients", "instability"})
 # Step times from ~1 ms (a GPU with CUDA graphs) to seconds (a small CPU).
 STEP_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# The help texts quote the window (dcgan.diagnostics) and the seed's loss's accuracy band
+# (its profile, dcgan.losses), formatted from them.
+_LAST = f"last {DEFAULT_WINDOW} iterations"
+_ACC_BAND = "{}: healthy {:g}-{:g}".format(SEED_PROFILE.name, *SEED_PROFILE.acc_band)
 # Window values: gauge name -> WindowStats attribute (accuracies are fractions in 0-1).
 WINDOW_GAUGES = {
-    "dcgan_d_loss": ("d_loss", "Discriminator loss, mean of the last 100 iterations"),
-    "dcgan_g_loss": ("g_loss", "Generator loss, mean of the last 100 iterations"),
-    "dcgan_loss_ratio": ("loss_ratio", "Mean G loss / mean D loss over the last 100 "
-                                       "iterations (healthy: dcgan_loss_ratio_band_*; only for "
-                                       "losses that have a band)"),
-    "dcgan_d_real_accuracy": ("real_acc", "Fraction of real images D calls real, last 100 "
-                                          "iterations (bce: healthy 0.6-0.9)"),
-    "dcgan_d_fake_accuracy": ("fake_acc", "Fraction of generated images D calls fake, last "
-                                          "100 iterations (bce: healthy 0.6-0.9)"),
+    "dcgan_d_loss": ("d_loss", f"Discriminator loss, mean of the {_LAST}"),
+    "dcgan_g_loss": ("g_loss", f"Generator loss, mean of the {_LAST}"),
+    "dcgan_loss_ratio": ("loss_ratio", f"Mean G loss / mean D loss over the {_LAST} "
+                                       "(healthy: dcgan_loss_ratio_band_*; only for losses that "
+                                       "have a band)"),
+    "dcgan_d_real_accuracy": ("real_acc", f"Fraction of real images D calls real, {_LAST} "
+                                          f"({_ACC_BAND})"),
+    "dcgan_d_fake_accuracy": ("fake_acc", f"Fraction of generated images D calls fake, "
+                                          f"{_LAST} ({_ACC_BAND})"),
 }
 # The loss's own limits (its profile, dcgan.losses), exported beside the values so that the
 # alert rules compare with them; a loss without the rule exports no series, and no alert fires.
@@ -215,7 +219,7 @@ class MetricsExporter:
         self.limits = {name: Gauge(name, doc, LABELS, registry=r)
                        for name, doc in LIMIT_GAUGES.items()}
         self.balance = Gauge("dcgan_balance_score", "Distance from balanced training over the "
-                             "last 100 iterations (0 is balanced; docs/diagnostics.md)",
+                             f"{_LAST} (0 is balanced; docs/diagnostics.md)",
                              LABELS, registry=r)
         self.epoch = Gauge("dcgan_epoch", "Epochs completed (fractional)", LABELS, registry=r)
         self.progress = Gauge("dcgan_progress_ratio", "Steps done / steps planned (0-1)",

@@ -1,6 +1,7 @@
 """What every driver does before training, written once: ``dcgan train`` (``dcgan.run``),
 ``dcgan train-distributed`` (``dcgan_cluster.launch``) and ``dcgan tune``
-(``dcgan_tune.search``).
+(``dcgan_tune.search``) each open their directory with ``open_run``, which takes these
+steps in this order:
 
 1. ``check_target``: the directory it will write is not held by another process, can be
    created and written, and the metrics port (if any) can be bound; all before any slow work,
@@ -10,8 +11,11 @@
 3. the configuration: defaults < the run's saved config (on ``--resume``) < ``--config`` <
    ``--set`` (``dcgan.config.load_config``); a change on resume is recorded
    (``record_changes``), so the run's files always say how its weights were trained;
-4. ``holding``: the directory is locked for the whole run and the config it trains with is
-   written into it (``config.yaml``) only then.
+4. the driver's own checks (devices, Ray, data, the search space): the slow ones too, since
+   nothing has been written yet;
+5. ``holding``: the directory is locked for the whole run, what ``--overwrite`` replaces is
+   removed, and the config it trains with is written into it (``config.yaml``) only then;
+6. ``record_changes``.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from dcgan.config import TrainConfig, load_config, note_ignored_settings, save_config
 from dcgan.errors import ConfigError, RunDirError
@@ -31,6 +35,29 @@ from dcgan.layout import CONFIG_CHANGES, CONFIG_FILE, run_artifacts
 from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What a resumed run was: the config it trained with (as saved) and the step its newest
+    state holds (None: unknown to the driver, e.g. a remote storage)."""
+
+    config: dict[str, Any]
+    step: int | None = None
+    state: tuple[str, dict[str, Any]] | None = None  # (where from, full state), if loaded
+    extra: Any = None  # what else the driver read of it (a search: its saved settings)
+
+
+@dataclass(frozen=True)
+class Opened(Generic[T]):
+    """A run directory held for this run, its config, and what the driver's checks built."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    previous: Previous | None
+    ready: T
 
 
 @dataclass(frozen=True)
@@ -41,14 +68,52 @@ class MetricsAddress:
     port: int = 0
 
 
+@contextlib.contextmanager
+def open_run(out: str | Path, command: str, *, resume: bool, overwrite: bool,
+             previous: Callable[[Path], Previous | None],
+             check: Callable[[TrainConfig, Previous | None], T],
+             config_path: str | Path | None = None, overrides: list[str] | None = None,
+             metrics: MetricsAddress = MetricsAddress(),
+             configure: Callable[[Previous | None], tuple[TrainConfig, dict]] | None = None,
+             artifacts: Callable[[Path], list[Path]] = run_artifacts, what: str = "a run",
+             replace: Callable[[Path], None] | None = None, save: bool = True,
+             write: Callable[[str], None] = print) -> Iterator[Opened[T]]:
+    """The one way a driver opens the directory it writes (the module's steps 1-6).
+
+    ``previous(run_dir)``: what the run was, read on ``--resume`` only; ``check(cfg,
+    previous)``: the driver's checks, returning what it needs to run (a trainer, a plan).
+    ``configure``: how the config is made when it is not defaults < the saved config <
+    --config < --set (a search resumes with its saved settings); ``artifacts``: what the
+    directory holds of ours (the resume and --overwrite convention), ``what``: what to call
+    it; ``replace``: what ``--overwrite`` removes once the directory is held (default: those
+    artifacts); ``save``: write
+    ``config.yaml`` (a search writes its own settings instead)."""
+    run_dir = check_target(out, metrics, request=(resume, overwrite), artifacts=artifacts,
+                           what=what)
+    before = previous(run_dir) if resume else None
+    if configure is not None:
+        cfg, changes = configure(before)
+    else:
+        cfg, changes = request_config(before.config if before else None, config_path,
+                                      list(overrides or []))
+    ready = check(cfg, before)
+    replace = replace or (lambda held: remove_paths(artifacts(held)))
+    with holding(run_dir, command, cfg if save else None,
+                 before=replace if overwrite else None):
+        record_changes(run_dir, changes, before.step if before else None, write)
+        yield Opened(run_dir, cfg, before, ready)
+
+
 def check_target(out: str | Path, metrics: MetricsAddress = MetricsAddress(),
-                 flag: str = "--out", request: tuple[bool, bool] | None = None) -> Path:
+                 flag: str = "--out", request: tuple[bool, bool] | None = None,
+                 artifacts: Callable[[Path], list[Path]] = run_artifacts,
+                 what: str = "a run") -> Path:
     """The checks every driver makes on the directory it writes and on its metrics port;
     ``request`` (resume, overwrite): also the resume convention (``check_request``)."""
     path = Path(out)
     check_unlocked(path)  # first: say who is writing it, before anything else about it
     if request is not None:
-        check_request(path, *request)
+        check_request(path, *request, artifacts=artifacts, what=what)
     check_writable_dir(path, flag)
     check_metrics_args(metrics.host, metrics.port)
     return path
@@ -67,14 +132,16 @@ def holding(run_dir: Path, command: str, cfg: TrainConfig | None = None, *,
         yield
 
 
-def check_request(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """One resume convention for ``dcgan train`` and ``dcgan train-distributed``."""
+def check_request(run_dir: Path, resume: bool, overwrite: bool,
+                  artifacts: Callable[[Path], list[Path]] = run_artifacts,
+                  what: str = "a run") -> None:
+    """One resume convention for every driver (``artifacts``: what it finds of its own)."""
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite contradict each other; pick one")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} exists and is not a directory")
-    if not resume and not overwrite and run_dir.is_dir() and run_artifacts(run_dir):
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or "
+    if not resume and not overwrite and run_dir.is_dir() and artifacts(run_dir):
+        raise RunDirError(f"{run_dir} already holds {what}; pass --resume to continue it or "
                           "--overwrite to replace it")
     if resume and not run_dir.is_dir():
         raise RunDirError(f"nothing to resume: {run_dir} does not exist")

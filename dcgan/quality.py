@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from dcgan.checkpoint import load_torch, save_torch
-from dcgan.classifier import FEATURE_DIM, VERSION, MnistClassifier
+from dcgan.classifier import VERSION, MnistClassifier
 from dcgan.errors import CheckpointError, DCGANError
+from dcgan.features import FEATURE_DIM, MIN_SAMPLES
 
 COVERED_FRACTION = 0.02  # a class is covered when more than 2% of samples fall in it
 IS_SPLITS = 10
 # torchmetrics' FID states that hold the real images' statistics.
 REFERENCE_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
-MIN_SAMPLES = FEATURE_DIM + 1  # a full-rank covariance of the features needs more samples
 
 
 class QualityError(DCGANError):

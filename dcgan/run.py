@@ -11,7 +11,6 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from dcgan.assembly import assemble
 from dcgan.callbacks import ProgressBar
@@ -20,14 +19,7 @@ from dcgan.config import TrainConfig
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError
 from dcgan.monitoring import MetricsExporter
-from dcgan.prepare import (
-    MetricsAddress,
-    check_target,
-    holding,
-    record_changes,
-    remove_artifacts,
-    request_config,
-)
+from dcgan.prepare import MetricsAddress, Previous, open_run
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Outcome, Trainer
 
@@ -59,45 +51,44 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 metrics_host: str = "127.0.0.1", metrics_port: int = 0,
                 callbacks: Sequence[Callback] = ()) -> tuple[Trainer, Outcome]:
     """``callbacks`` run before the mode's own (a benchmark's stop rule, say)."""
-    run_dir = check_target(run_dir, MetricsAddress(metrics_host, metrics_port),
-                           request=(resume, overwrite))
-
-    restore: tuple[str, dict[str, Any]] | None = None
-    if resume:
-        state_file, state = load_latest_state(run_dir)
-        restore = (str(state_file), state)
-    cfg, changes = request_config(restore[1]["config"] if restore else None, config_path,
-                                  list(overrides))
-    device = resolve_device(cfg)
-
+    run_dir = Path(run_dir)
     bar = ProgressBar(progress)
     write = bar.writer()
     with contextlib.ExitStack() as stack:
-        push = None
-        if metrics_port:
-            exporter = MetricsExporter(run_dir.resolve().name, "local", cfg.to_dict())
-            port = exporter.start(metrics_host, metrics_port)
-            stack.callback(exporter.stop)
-            write(f"Prometheus metrics on http://{metrics_host}:{port}/metrics")
-            push = exporter.apply
-        trainer = assemble(cfg, device, LocalStore(run_dir), run_dir=run_dir, write=write,
-                           resume_hint=f"Resume with: dcgan train --out {run_dir} --resume",
-                           metrics_push=push, callbacks=[bar, *callbacks], step_fn=step_fn,
-                           restore=restore)
-        return _train(run_dir, cfg, trainer, overwrite=overwrite, changes=changes, write=write)
+
+        def check(cfg: TrainConfig, before: Previous | None) -> Trainer:
+            device = resolve_device(cfg)
+            push = None
+            if metrics_port:
+                exporter = MetricsExporter(run_dir.resolve().name, "local", cfg.to_dict())
+                port = exporter.start(metrics_host, metrics_port)
+                stack.callback(exporter.stop)
+                write(f"Prometheus metrics on http://{metrics_host}:{port}/metrics")
+                push = exporter.apply
+            return assemble(cfg, device, LocalStore(run_dir), run_dir=run_dir, write=write,
+                            resume_hint=f"Resume with: dcgan train --out {run_dir} --resume",
+                            metrics_push=push, callbacks=[bar, *callbacks], step_fn=step_fn,
+                            restore=before.state if before else None)
+
+        with open_run(run_dir, "dcgan train", resume=resume, overwrite=overwrite,
+                      previous=latest_state, check=check, config_path=config_path,
+                      overrides=list(overrides), metrics=MetricsAddress(metrics_host,
+                                                                        metrics_port),
+                      write=write) as run, stop_on_signals(run.ready):
+            return run.ready, _fit(run.ready, run.run_dir)
 
 
-def _train(run_dir: Path, cfg: TrainConfig, trainer: Trainer, *, overwrite: bool,
-           changes: dict[str, list[Any]], write) -> tuple[Trainer, Outcome]:
-    # Inputs are good: only now touch the run directory, holding it against other writers.
-    with holding(run_dir, "dcgan train", before=remove_artifacts if overwrite else None,
-                 cfg=cfg), stop_on_signals(trainer):
-        record_changes(run_dir, changes, trainer.step, write)
-        try:
-            outcome = trainer.fit()
-        except NonFiniteLossError as exc:
-            good = list_states(run_dir)
-            keep = f"last good checkpoint: {good[0]}" if good else "no checkpoint was written"
-            raise NonFiniteLossError(f"{exc}; training stopped ({keep}). Try lower learning "
-                                     "rates or precision=fp32") from None
-    return trainer, outcome
+def latest_state(run_dir: Path) -> Previous:
+    """A local run's newest full state (the one a resume continues)."""
+    state_file, state = load_latest_state(run_dir)
+    return Previous(state["config"], int(state["step"]), (str(state_file), state))
+
+
+def _fit(trainer: Trainer, run_dir: Path) -> Outcome:
+    try:
+        return trainer.fit()
+    except NonFiniteLossError as exc:
+        good = list_states(run_dir)
+        keep = f"last good checkpoint: {good[0]}" if good else "no checkpoint was written"
+        raise NonFiniteLossError(f"{exc}; training stopped ({keep}). Try lower learning "
+                                 "rates or precision=fp32") from None

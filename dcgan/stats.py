@@ -14,7 +14,6 @@ import pyarrow as pa
 import torch
 
 from dcgan.io import atomic_write_parquet
-from dcgan.layout import EVAL_FILE, STATS_FILE  # noqa: F401  (re-exported)
 from dcgan.step import STEP_VALUES
 
 # Host values the step trained with: g_lr, d_lr, the learning rates (dcgan.schedule may

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dcgan.augment import Augment, AugmentController, step_size
+from dcgan.checkpoint import HEADER_KEYS
 from dcgan.config import TrainConfig
 from dcgan.data import BatchSampler
 from dcgan.ema import GeneratorEMA
@@ -34,6 +35,11 @@ FIXED_NOISE_SIZE = 64  # the seed's 8x8 sample grid
 # Changing these on resume would change what a step means (data order, shapes, noise).
 # The loss decides D's layers (a BatchNorm or a per-sample critic) and what its state means.
 RESUME_LOCKED_KEYS = ("batch_size", "latent_dim", "seed", "train_subset", "loss")
+# The trainer's own parts of a full state (``state_dict``); any other key belongs to a
+# callback, or to the checkpoint file's header.
+STATE_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "scaler", "step", "epoch",
+              "batch_in_epoch", "rng", "fixed_noise", "config", "stats", "elapsed", "ema",
+              "balance", "augment")
 
 
 class Outcome(enum.StrEnum):
@@ -66,6 +72,16 @@ class Callback:
         """A full state of this step was just saved (``where`` says where it went)."""
 
     def on_train_end(self, trainer: Trainer, outcome: Outcome) -> None: ...
+
+    # A callback that keeps state (the model selection) names its part of the run's one
+    # checkpoint and saves and restores it itself; the trainer only carries it.
+    state_key: str | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """``state``: this callback's part of a checkpoint (None: the checkpoint has none)."""
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -144,13 +160,6 @@ class Trainer:
 
         # The average of G's weights (on the device, updated after every step).
         self.ema = GeneratorEMA(self.generator, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        # The weights (CPU state dict) of the lowest-FID generator evaluated so far, G or its
-        # average: kept in the full state, so that a search trial, which writes no files,
-        # still hands back its best generator and not its last.
-        self.best_generator: dict[str, torch.Tensor] | None = None
-        # The ``rescore_top`` lowest-FID evaluations with their weights ({"row", "weights"}),
-        # rescored with ``rescore_samples`` images when the run completes (dcgan.callbacks).
-        self.candidates: list[dict[str, Any]] = []
         self.step = 0  # completed steps; the next step's index
         self.epoch = 0  # epoch of the last completed step
         self.batch = -1  # batch index (in its epoch) of the last completed step
@@ -161,6 +170,7 @@ class Trainer:
         self.balance = (BalanceController(profile.acc_band, cfg.balance_every,
                                           cfg.balance_floor)
                         if cfg.auto_balance and profile.acc_band is not None else None)
+        self._carried: dict[str, Any] = {}  # callback states restored without their owner
         self.stop_requested: str | None = None  # set by a signal handler (request_stop)
         self._abortable = False
         self._elapsed_before = 0.0
@@ -349,11 +359,16 @@ class Trainer:
             "stats": self.stats.state_dict(),
             "elapsed": self.elapsed(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "best_generator": self.best_generator,
-            "candidates": self.candidates,
             "balance": self.balance.state_dict() if self.balance is not None else None,
             "augment": self._augment_state(),
+            **self._callback_states(),
         }
+
+    def _callback_states(self) -> dict[str, Any]:
+        """Each stateful callback's part; a part restored from a checkpoint whose owner this
+        process lacks (a resume with evaluations turned off) is carried on unchanged."""
+        owned = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key}
+        return {**self._carried, **owned}
 
     def _augment_state(self) -> dict[str, Any] | None:
         if self.augment is None:
@@ -380,8 +395,12 @@ class Trainer:
             elif self.ema is not None:
                 self.ema = GeneratorEMA(self.generator, self.cfg.ema_decay)
             self.stats.load_state_dict(state["stats"])
-            self.best_generator = state.get("best_generator")  # absent before this key
-            self.candidates = list(state.get("candidates") or [])
+            keys = {cb.state_key for cb in self.callbacks if cb.state_key}
+            for cb in self.callbacks:
+                if cb.state_key:
+                    cb.load_state_dict(state.get(cb.state_key))
+            self._carried = {k: v for k, v in state.items()
+                             if k not in (*STATE_KEYS, *HEADER_KEYS, *keys) and v is not None}
             if self.balance is not None and state.get("balance"):
                 self.balance.load_state_dict(state["balance"])
             augment = state.get("augment")  # absent before augmentation, or turned on now

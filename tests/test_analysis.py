@@ -9,7 +9,7 @@ import pytest
 from dcgan import layout
 from dcgan.analysis import PANEL_TITLES, build_figure, moving_average
 from dcgan.diagnostics import balance_score, diagnose, window_stats
-from dcgan.stats import STATS_FILE
+from dcgan.layout import STATS_FILE
 
 from .conftest import background, one_line_error, run_cli, tiny_train_args, wait_for_text
 from .test_diagnostics import rows

@@ -141,3 +141,51 @@ def test_a_checkpoint_missing_part_of_its_state_is_refused_whole(tmp_path, data_
     error = one_line_error(proc)
     assert f"checkpoint {path} is incomplete" in error and named in error, error
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_version_1_checkpoint_is_read_in_todays_layout(tmp_path):
+    """Version 1 (before the model selection had a part of its own) kept the best generator
+    and the candidates as top-level keys: read back, they sit in the selection's part."""
+    from dcgan.checkpoint import SELECTION_KEY
+    from dcgan.selection import best_weights
+
+    best = {"w": torch.ones(3)}
+    legacy = {"format": "dcgan-train-state", "version": 1, **_state(4), "best_generator": best,
+              "candidates": [{"row": {"step": 4, "fid": 9.0}, "weights": best}]}
+    save_torch(legacy, tmp_path / "old.pt")
+    state = load_state(tmp_path / "old.pt")
+    assert "best_generator" not in state and "candidates" not in state
+    assert state[SELECTION_KEY]["candidates"][0]["row"] == {"step": 4, "fid": 9.0}
+    assert torch.equal(best_weights(state)["w"], best["w"])
+    # One written before any evaluation: no selection part at all.
+    save_torch({**legacy, "best_generator": None, "candidates": []}, tmp_path / "none.pt")
+    assert best_weights(load_state(tmp_path / "none.pt")) is None
+
+
+@pytest.mark.slow  # trains: outside make test-fast
+def test_a_run_resumes_from_a_version_1_checkpoint_and_keeps_its_best_generator(tmp_path,
+                                                                               data_dir):
+    """A run whose newest checkpoint is in the layout of the release before the model
+    selection became a component (version 1) resumes through ``dcgan train --resume``; with
+    evaluations off on the resume, the best generator is carried on, not dropped."""
+    from dcgan.checkpoint import SELECTION_KEY
+    from dcgan.selection import best_weights
+
+    from .conftest import run_cli, tiny_train_args
+
+    out = tmp_path / "run"
+    args = tiny_train_args(out, data_dir, epochs=1, max_steps=4, eval_every=1,
+                           eval_samples=129, rescore_top=2, sample_every=0)
+    assert run_cli(args).returncode == 0
+    path = list_states(out)[0]
+    state = torch.load(path, weights_only=True)
+    kept = state.pop(SELECTION_KEY)
+    assert kept["best_generator"] is not None and kept["candidates"]
+    save_torch({**state, "version": 1, **kept}, path)  # what version 1 wrote
+    proc = run_cli([*args, "--set", "max_steps=8", "--set", "eval_every=0", "--resume"])
+    assert proc.returncode == 0, proc.stderr
+    resumed = load_state(list_states(out)[0])
+    assert resumed["step"] == 8 and resumed["version"] == 2
+    assert all(torch.equal(best_weights(resumed)[k], v) for k, v in kept["best_generator"].items())
+    assert [c["row"] for c in resumed[SELECTION_KEY]["candidates"]] == [
+        c["row"] for c in kept["candidates"]]

@@ -8,14 +8,13 @@ import torch
 from dcgan.diagnostics import (
     assess,
     balance_score,
-    bce_floor,
     diagnose,
     diversity_check,
     report,
     status_line,
     window_stats,
 )
-from dcgan.losses import BCELoss
+from dcgan.losses import BCELoss, bce_floor
 
 
 def rows(n=200, g=0.9, d=0.8, real=0.75, fake=0.7, g_noise=0.0, d_noise=0.0):

@@ -29,7 +29,7 @@ from dcgan.config import TrainConfig
 from dcgan.data import load_mnist, to_model_range
 from dcgan.diagnostics import balance_score, window_stats
 from dcgan.generation import load_generator, sample
-from dcgan.stats import STATS_FILE
+from dcgan.layout import STATS_FILE
 from dcgan.step import STEP_VALUES
 from dcgan.trainer import Trainer
 

@@ -156,8 +156,9 @@ class ScriptedMeter:
 def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir):
     import json
 
-    from dcgan.callbacks import BEST_GENERATOR, BEST_INFO, QualityEvaluator
     from dcgan.data import load_mnist
+    from dcgan.layout import BEST_GENERATOR, BEST_INFO
+    from dcgan.selection import QualityEvaluator
     from dcgan.trainer import Callback, Trainer
 
     images, _ = load_mnist(data_dir, subset=128)
@@ -179,8 +180,8 @@ def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir
 
     class Keep(Callback):  # the in-memory best (what a search trial hands back)
         def on_step_end(self, t):
-            if t.best_generator is not None:
-                kept[t.step] = {k: v.clone() for k, v in t.best_generator.items()}
+            if evaluator.selection.best is not None:
+                kept[t.step] = {k: v.clone() for k, v in evaluator.selection.best.items()}
 
     trainer.callbacks += [Watch(), Keep()]
     trainer.fit()
@@ -188,13 +189,14 @@ def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir
     assert all(torch.equal(kept[2][k], kept[4][k]) for k in kept[2])
     assert not all(torch.equal(kept[4][k], kept[6][k]) for k in kept[4])
     on_disk = torch.load(tmp_path / BEST_GENERATOR, weights_only=True)
-    assert all(torch.equal(on_disk[k], v) for k, v in trainer.best_generator.items())
+    best = evaluator.selection.best
+    assert all(torch.equal(on_disk[k], v) for k, v in best.items())
     # It lives in the full state, so a resumed run (or a search trial) keeps it.
+    again = QualityEvaluator(meter)
     resumed = Trainer(tiny_cfg(data_dir, max_steps=6, eval_samples=129, rescore_top=0), images,
-                      torch.device("cpu"))
+                      torch.device("cpu"), callbacks=[again])
     resumed.load_state_dict(trainer.state_dict())
-    assert all(torch.equal(resumed.best_generator[k], v)
-               for k, v in trainer.best_generator.items())
+    assert all(torch.equal(again.selection.best[k], v) for k, v in best.items())
     by_step = {step: (info, mtime) for step, info, mtime in written}
     assert by_step[2][0] == by_step[4][0]  # step 4 scored worse: nothing rewritten
     assert by_step[2][1] == by_step[4][1]
@@ -206,8 +208,7 @@ def test_best_generator_is_written_only_when_the_fid_improves(tmp_path, data_dir
 
 
 def test_one_sided_smoothing_targets_and_floors():
-    from dcgan.diagnostics import bce_floor, d_loss_floor
-    from dcgan.losses import BCELoss
+    from dcgan.losses import BCELoss, bce_floor, d_loss_floor
 
     parts = BCELoss(label_smoothing=0.1, one_sided=True)
     real, fake = parts.targets(4, torch.device("cpu"))

@@ -29,8 +29,7 @@ import pytest
 
 from dcgan import layout
 from dcgan.checkpoint import list_states, load_state
-from dcgan.runlock import LOCK_FILE
-from dcgan.stats import EVAL_FILE, STATS_FILE
+from dcgan.layout import EVAL_FILE, LOCK_FILE, STATS_FILE
 
 from .conftest import ROOT, free_port, one_line_error, ray_env, ray_node, run_cli, sets
 

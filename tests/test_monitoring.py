@@ -38,7 +38,7 @@ from dcgan.monitoring import (
 from dcgan.trainer import Trainer
 from dcgan_cluster.monitor import INSTALL_HINT, PROMETHEUS_DIR, write_config
 
-from .conftest import (  # noqa: F401 - free_port, background: re-exported for other tests
+from .conftest import (
     HANG_GUARD_S,
     ROOT,
     background,
@@ -320,8 +320,8 @@ def exported_names(exporter: MetricsExporter) -> set[str]:
 def fed_exporter(data_dir) -> MetricsExporter:
     """An exporter after a real (tiny) training loop with one evaluation: every series it
     can serve has a sample."""
-    from dcgan.callbacks import QualityEvaluator
     from dcgan.quality import build_meter
+    from dcgan.selection import QualityEvaluator
 
     cfg = TrainConfig(train_subset=64, batch_size=32, epochs=1, log_every=1, device="cpu",
                       eval_samples=200, data_dir=data_dir)

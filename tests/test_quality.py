@@ -16,7 +16,8 @@ from dcgan.classifier import (
     sha256,
 )
 from dcgan.data import load_mnist, to_model_range
-from dcgan.quality import MIN_SAMPLES, QualityError, QualityMeter
+from dcgan.features import MIN_SAMPLES
+from dcgan.quality import QualityError, QualityMeter
 
 from .conftest import one_line_error, run_cli
 

@@ -131,30 +131,31 @@ def test_balance_and_decay_in_training_resume_bit_exact(data_dir):
 
 @pytest.mark.slow  # trains: outside make test-fast
 def test_rescoring_names_the_best_at_the_final_n(tmp_path, data_dir):
-    from dcgan.callbacks import QualityEvaluator
     from dcgan.data import load_mnist
+    from dcgan.selection import QualityEvaluator
     from dcgan.trainer import Trainer
 
     images, _ = load_mnist(data_dir, subset=128)
     # (raw, ema) at steps 2, 4, 6; then the three best (40, 41, 45) rescored: the
     # runner-up at the small N (41: step 4's EMA) wins at the large one.
     meter = ScriptedMeter([50.0, 40.0, 45.0, 41.0, 60.0, 55.0, 39.0, 37.0, 38.0])
-    evaluator = QualityEvaluator(meter, tmp_path, every_steps=2)
     cfg = tiny_cfg(data_dir, max_steps=6, eval_samples=129, rescore_samples=300)
+    evaluator = QualityEvaluator(meter, tmp_path, every_steps=2, keep=cfg.rescore_top)
+    selection = evaluator.selection
     trainer = Trainer(cfg, images, torch.device("cpu"), callbacks=[evaluator])
     kept = {}
     evaluator_evaluate = evaluator.evaluate
 
     def evaluate(t):  # the weights each evaluation scored
         evaluator_evaluate(t)
-        for c in t.candidates:
+        for c in selection.candidates:
             kept.setdefault((c["row"]["step"], c["row"]["generator"]), c["weights"])
 
     evaluator.evaluate = evaluate
     trainer.fit()
     assert [(c["row"]["step"], c["row"]["generator"], c["row"]["fid"])
-            for c in trainer.candidates] == [(2, "ema", 40.0), (4, "ema", 41.0),
-                                              (4, "raw", 45.0)]
+            for c in selection.candidates] == [(2, "ema", 40.0), (4, "ema", 41.0),
+                                                (4, "raw", 45.0)]
     info = json.loads((tmp_path / layout.BEST_INFO).read_text())
     assert (info["step"], info["generator"], info["fid"]) == (4, "ema", 41.0)
     assert info["rescored_fid"] == 37.0 and info["rescore_samples"] == 300
@@ -162,11 +163,13 @@ def test_rescoring_names_the_best_at_the_final_n(tmp_path, data_dir):
         (2, 40.0, 39.0, 300), (4, 41.0, 37.0, 300), (4, 45.0, 38.0, 300)]
     on_disk = torch.load(tmp_path / layout.BEST_GENERATOR, weights_only=True)
     assert all(torch.equal(on_disk[k], v) for k, v in kept[(4, "ema")].items())
-    assert all(torch.equal(trainer.best_generator[k], v) for k, v in on_disk.items())
+    assert all(torch.equal(selection.best[k], v) for k, v in on_disk.items())
     # The candidates travel in the full state.
-    again = Trainer(cfg, images, torch.device("cpu"))
-    again.load_state_dict(trainer.state_dict())
-    assert [c["row"] for c in again.candidates] == [c["row"] for c in trainer.candidates]
+    again = QualityEvaluator(meter, keep=cfg.rescore_top)
+    Trainer(cfg, images, torch.device("cpu"), callbacks=[again]).load_state_dict(
+        trainer.state_dict())
+    assert [c["row"] for c in again.selection.candidates] == [
+        c["row"] for c in selection.candidates]
 
 
 @pytest.mark.slow

@@ -15,9 +15,10 @@ from dcgan import layout
 from dcgan.checkpoint import list_states, load_state
 from dcgan.config import load_config
 from dcgan.errors import NonFiniteLossError, RunDirError
+from dcgan.layout import STATS_FILE
 from dcgan.models import Discriminator, Generator
 from dcgan.run import train_local
-from dcgan.stats import COLUMNS, STATS_FILE
+from dcgan.stats import COLUMNS
 from dcgan.step import gan_step
 from dcgan.trainer import RESUME_LOCKED_KEYS
 

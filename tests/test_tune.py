@@ -153,15 +153,17 @@ def test_guard_fails_degenerate_and_incomplete_trials():
 ])
 def test_bad_options_are_refused_before_ray_starts(tmp_path, data_dir, changes, message):
     from dcgan.errors import DCGANError
-    from dcgan_tune.search import SearchOptions, check_options
+    from dcgan_tune.options import SearchOptions
+    from dcgan_tune.search import open_search
 
     opts = SearchOptions(out=tmp_path / "search", overrides=(f"data_dir={data_dir}",))
     for key, value in changes.items():
         if key == "overrides":
             value = opts.overrides + value
         setattr(opts, key, value)
-    with pytest.raises(DCGANError, match=re.escape(message)):
-        check_options(opts)
+    with pytest.raises(DCGANError, match=re.escape(message)), open_search(opts):
+        pass
+    assert not (tmp_path / "search").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("args, text, message", [
@@ -278,10 +280,11 @@ def test_search_end_to_end(search, tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr
     from dcgan.checkpoint import load_state, save_torch
     from dcgan.generation import load_generator, sample
+    from dcgan.selection import best_weights
 
     state = load_state(Path(summary["best_checkpoint"]) / "state.pt")
     assert summary["fid"] == pytest.approx(min(r["fid"] for r in state["stats"]["evals"]))
-    save_torch(state["best_generator"], tmp_path / "kept.pth")
+    save_torch(best_weights(state), tmp_path / "kept.pth")
     assert np.array_equal(np.load(raw), sample(load_generator(tmp_path / "kept.pth"), 8, 0).numpy())
 
 
@@ -354,17 +357,19 @@ def test_existing_search_is_not_overwritten(search, data_dir, ray_head):
     assert (out / "trials.csv").read_text() == before
 
 
-def test_overwrite_removes_the_search_and_nothing_else(tmp_path):
+def test_overwrite_removes_the_search_and_nothing_else(tmp_path, data_dir):
     from dcgan import layout
-    from dcgan_tune.search import remove_search_artifacts
+    from dcgan_tune.options import SearchOptions
+    from dcgan_tune.search import open_search
 
     out = tmp_path / "search"
     (out / layout.RAY_STORAGE_DIR / "dcgan-search").mkdir(parents=True)
     for name in layout.SEARCH_ENTRIES[:-1]:
         (out / name).write_text("old")
     (out / "notes.txt").write_text("mine")
-    remove_search_artifacts(out)
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    opts = SearchOptions(out=out, overwrite=True, overrides=(f"data_dir={data_dir}",))
+    with open_search(opts):  # held (its lock file), as the search finds it
+        assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", layout.LOCK_FILE])
 
 
 def last_error(proc_output: str) -> str:

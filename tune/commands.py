@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides, directory
+from dcgan.config import Tristate
+from dcgan_tune.options import OBJECTIVES, SCHEDULERS, SearchOptions
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -14,23 +16,27 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                                    "any config keys) against the balance objective, guarded "
                                    "by sample quality (docs/tuning.md).")
     p.add_argument("--out", type=directory, required=True, metavar="DIR", help="search directory")
-    p.add_argument("--trials", type=int, default=8, help="trials to run (default 8)")
-    p.add_argument("--max-concurrent", type=int, default=None, metavar="K",
+    p.add_argument("--trials", type=int, default=SearchOptions.trials,
+                   help=f"trials to run (default {SearchOptions.trials})")
+    p.add_argument("--max-concurrent", type=int, default=SearchOptions.max_concurrent, metavar="K",
                    help="trials at once (default: CPU cores / workers per trial)")
-    p.add_argument("--workers-per-trial", type=int, default=1, metavar="W",
+    p.add_argument("--workers-per-trial", type=int, default=SearchOptions.workers_per_trial,
+                   metavar="W",
                    help="1: each trial trains in its own process; W > 1: a TorchTrainer "
                         "with W DDP workers per trial")
-    p.add_argument("--scheduler", default="asha", choices=("asha", "pbt", "fifo"),
-                   help="early stopping (asha, default), population-based training (pbt), "
-                        "or none (fifo)")
-    p.add_argument("--budget-steps", type=int, default=1600, metavar="S",
-                   help="training steps per trial (default 1600: fewer fail the quality guard "
-                        "on full MNIST); 4 reports per trial")
-    p.add_argument("--metric", default="balance", choices=("balance", "fid", "combined"),
-                   help="objective to minimise (default balance, guarded by quality)")
-    p.add_argument("--min-classes", type=int, default=10, metavar="N",
+    p.add_argument("--scheduler", default=SearchOptions.scheduler, choices=SCHEDULERS,
+                   help="early stopping (asha), population-based training (pbt), or none "
+                        f"(fifo); default {SearchOptions.scheduler}")
+    p.add_argument("--budget-steps", type=int, default=SearchOptions.budget_steps, metavar="S",
+                   help=f"training steps per trial (default {SearchOptions.budget_steps}: fewer "
+                        "fail the quality guard on full MNIST); 4 reports per trial")
+    p.add_argument("--metric", default=SearchOptions.metric, choices=OBJECTIVES,
+                   help=f"objective to minimise (default {SearchOptions.metric}, guarded by "
+                        "quality)")
+    p.add_argument("--min-classes", type=int, default=SearchOptions.min_classes, metavar="N",
                    help="quality guard: a trial must draw at least N of the 10 digits "
-                        "(default 10; only very short smoke searches need less)")
+                        f"(default {SearchOptions.min_classes}; only very short smoke searches "
+                        "need less)")
     p.add_argument("--space", metavar="FILE.yaml", help="search space (default: g_lr, d_lr "
                    "log-uniform in [1e-5, 1e-3], dropout in [0, 0.5], label_smoothing in "
                    "[0, 0.3], label_smoothing_mode two-sided or one-sided)")
@@ -45,7 +51,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the search already in DIR (its trials, results and Ray "
                         "storage; nothing else)")
-    p.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
+    p.add_argument("--use-gpu", default="auto", choices=Tristate.CHOICES,
                    help="one GPU per trial worker (auto: if the Ray cluster reports GPUs)")
     add_config_args(p, "base config (YAML) for every trial",
                      "override one base config key (repeatable)")
@@ -55,7 +61,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dcgan_cluster.preflight import resolve_use_gpu
-    from dcgan_tune.search import SearchOptions, run_search
+    from dcgan_tune.search import run_search
 
     run_search(SearchOptions(
         out=args.out, trials=args.trials, max_concurrent=args.max_concurrent,

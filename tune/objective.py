@@ -31,8 +31,8 @@ from collections.abc import Mapping, Sequence
 from dcgan.diagnostics import SEED_PROFILE, balance_score, window_stats
 from dcgan.losses import LossProfile
 from dcgan.stats import best_overall
+from dcgan_tune.options import OBJECTIVES
 
-OBJECTIVES = ("balance", "fid", "combined")
 COLLAPSE_PENALTY = 100.0
 FID_GUARD_FACTOR = 2.0
 ALL_CLASSES = 10
@@ -78,17 +78,17 @@ def guard(rows: Sequence[Mapping], budget_steps: int,
     """For each trial's final row, "" when it may win, else why it is failed. Trials the
     scheduler stopped early cannot win: early training looks balanced (both networks near
     chance) while its samples are poor."""
-    fids = [r["fid"] for r in rows if _is_finite(r.get("fid"))]
+    fids = [r["fid"] for r in rows if is_finite_number(r.get("fid"))]
     best_fid = min(fids) if fids else None
     verdicts = []
     for r in rows:
         if r.get("status") not in (None, "TERMINATED"):
             verdicts.append(f"trial {str(r.get('status')).lower()}")
-        elif not _is_finite(r.get("objective")):
+        elif not is_finite_number(r.get("objective")):
             verdicts.append("no result")
         elif r.get("step", 0) < budget_steps:
             verdicts.append(f"stopped early at step {r.get('step')}")
-        elif not _is_finite(r.get("fid")):
+        elif not is_finite_number(r.get("fid")):
             verdicts.append("never evaluated")
         elif r.get("classes_covered", 0) < min_classes:
             verdicts.append(f"covers {r.get('classes_covered')}/10 classes "
@@ -101,5 +101,6 @@ def guard(rows: Sequence[Mapping], budget_steps: int,
     return verdicts
 
 
-def _is_finite(value) -> bool:
+def is_finite_number(value) -> bool:
+    """A trial row's value is a usable number: not None (never reported), NaN or inf."""
     return isinstance(value, int | float) and math.isfinite(value)

@@ -13,6 +13,7 @@ Outputs in OUT (docs/tuning.md):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -20,18 +21,19 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from dcgan.checkpoint import load_state, save_torch
+from dcgan.checkpoint import KEEP_LATEST, load_state, save_torch
 from dcgan.config import TrainConfig, load_config, note_ignored_settings, save_config
 from dcgan.errors import ConfigError, DCGANError, RunDirError
 from dcgan.io import atomic_write_parquet, atomic_write_text
 from dcgan.layout import (
     BEST_CONFIG,
+    RAY_STATE_FILE,
     RAY_STORAGE_DIR,
     SEARCH_BEST_GENERATOR,
     SEARCH_SETTINGS,
@@ -40,15 +42,15 @@ from dcgan.layout import (
     TRIALS_TABLE,
     search_artifacts,
 )
-from dcgan.prepare import MetricsAddress, check_target, holding, remove_paths
+from dcgan.prepare import MetricsAddress, Previous, open_run
+from dcgan.selection import best_weights
 from dcgan.trainer import RESUME_LOCKED_KEYS, derive_seed
 from dcgan_cluster.preflight import check_local_processes, check_ray_run, decide_gpu
-from dcgan_cluster.ray_store import STATE_FILE
-from dcgan_tune.objective import OBJECTIVES, guard
-from dcgan_tune.space import SpaceError, load_space, mutations, to_tune, validate_space
+from dcgan_tune.objective import guard, is_finite_number
+from dcgan_tune.options import OBJECTIVES, SCHEDULERS, SearchOptions
+from dcgan_tune.space import load_space, mutations, to_tune, validate_space
 from dcgan_tune.trial import run_trial, with_params
 
-SCHEDULERS = ("asha", "pbt", "fifo")
 # What --resume takes from the interrupted search rather than from its command line.
 SAVED_OPTIONS = ("trials", "max_concurrent", "workers_per_trial", "scheduler", "budget_steps",
                  "metric", "min_classes", "use_gpu", "baseline")
@@ -62,28 +64,6 @@ RESULT_COLUMNS = ("trial_id", "status", "verdict", "objective", "balance_score",
 
 class SearchError(DCGANError):
     """The search could not run or produced no usable trial."""
-
-
-@dataclass
-class SearchOptions:
-    out: Path
-    trials: int = 8
-    max_concurrent: int | None = None
-    workers_per_trial: int = 1
-    scheduler: str = "asha"
-    budget_steps: int = 1600  # less fails the quality guard on full MNIST (docs/tuning.md)
-    metric: str = "balance"
-    min_classes: int = 10
-    baseline: bool = False
-    space_file: str | None = None
-    address: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    config_path: str | None = None
-    overrides: tuple[str, ...] = ()
-    use_gpu: bool | None = False  # None: auto, decided from the cluster once Ray is up
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0
 
 
 def _positive(flag: str, value: int) -> None:
@@ -116,14 +96,56 @@ def _save_settings(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
     atomic_write_text(opts.out / SEARCH_SETTINGS, json.dumps(settings, indent=2) + "\n")
 
 
-def check_options(opts: SearchOptions
-                  ) -> tuple[SearchOptions, TrainConfig, dict[str, Any]]:
-    """Everything that can be wrong, in seconds, before Ray starts a trial. Returns the
-    options the search runs with (on --resume, the saved ones), its base config and space."""
-    check_target(opts.out, MetricsAddress(opts.metrics_host, opts.metrics_port))
-    saved = _saved_settings(opts)
-    if saved is not None:
-        opts = saved[0]
+@contextlib.contextmanager
+def open_search(opts: SearchOptions
+                ) -> Iterator[tuple[SearchOptions, TrainConfig, dict[str, Any]]]:
+    """The search directory opened the way every driver opens its run
+    (``dcgan.prepare.open_run``): everything that can be wrong is checked in seconds, before
+    Ray starts a trial, then the directory is held for the search. Yields the options it runs
+    with (on --resume, the saved ones), its base config and space."""
+
+    def previous(out: Path) -> Previous:
+        experiment = out / RAY_STORAGE_DIR / EXPERIMENT
+        if not experiment.is_dir():
+            raise RunDirError(f"nothing to resume: {experiment} does not exist")
+        saved = _saved_settings(opts)
+        return Previous(saved[1].to_dict() if saved else {}, extra=saved)
+
+    def configure(before: Previous | None) -> tuple[TrainConfig, dict]:
+        if before is not None and before.extra is not None:
+            return before.extra[1], {}
+        base = load_config(opts.config_path, list(opts.overrides))
+        note_ignored_settings(base)
+        return base.replace(max_steps=opts.budget_steps), {}
+
+    def check(base: TrainConfig, before: Previous | None
+              ) -> tuple[SearchOptions, TrainConfig, dict[str, Any]]:
+        run, space = opts, None
+        if before is not None and before.extra is not None:
+            run, _, space = before.extra
+        _check_options(run)
+        if space is None:
+            space = validate_space(load_space(run.space_file), base)
+        varied_locks = [k for k in RESUME_LOCKED_KEYS if isinstance(space.get(k), dict)]
+        if run.scheduler == "pbt" and varied_locks:
+            raise ConfigError("--space", f"pbt hands one trial's checkpoint to another, which "
+                                         f"cannot resume with another {varied_locks[0]}: make "
+                                         "it a constant, or use --scheduler asha")
+        if not (run.address or os.environ.get("RAY_ADDRESS")):
+            concurrent = run.max_concurrent or 1
+            check_local_processes(concurrent * run.workers_per_trial,
+                                  "--max-concurrent x --workers-per-trial")
+        base = check_ray_run(base, run.workers_per_trial, run.use_gpu, run.address, "trials")
+        return run, base, space
+
+    with open_run(opts.out, "dcgan tune", resume=opts.resume, overwrite=opts.overwrite,
+                  previous=previous, check=check, configure=configure,
+                  metrics=MetricsAddress(opts.metrics_host, opts.metrics_port),
+                  artifacts=search_artifacts, what="a search", save=False) as opened:
+        yield opened.ready
+
+
+def _check_options(opts: SearchOptions) -> None:
     _positive("--trials", opts.trials)
     _positive("--workers-per-trial", opts.workers_per_trial)
     _positive("--budget-steps", opts.budget_steps)
@@ -138,32 +160,6 @@ def check_options(opts: SearchOptions
     if opts.scheduler == "pbt" and opts.workers_per_trial > 1:
         raise ConfigError("--scheduler", "pbt restores trials from Tune checkpoints, which "
                                          "needs --workers-per-trial 1")
-    if saved is not None:
-        base, space = saved[1:]
-    else:
-        base = load_config(opts.config_path, list(opts.overrides))
-        base = base.replace(max_steps=opts.budget_steps)
-        space = validate_space(load_space(opts.space_file), base)
-        note_ignored_settings(base)
-    varied_locks = [k for k in RESUME_LOCKED_KEYS if isinstance(space.get(k), dict)]
-    if opts.scheduler == "pbt" and varied_locks:
-        raise ConfigError("--space", f"pbt hands one trial's checkpoint to another, which "
-                                     f"cannot resume with another {varied_locks[0]}: make it "
-                                     "a constant, or use --scheduler asha")
-    experiment = opts.out / RAY_STORAGE_DIR / EXPERIMENT
-    if opts.resume and opts.overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other; pick one")
-    if opts.resume and not experiment.is_dir():
-        raise RunDirError(f"nothing to resume: {experiment} does not exist")
-    if not opts.resume and not opts.overwrite and search_artifacts(opts.out):
-        raise RunDirError(f"{opts.out} already holds a search; pass --resume to continue it or "
-                          "--overwrite to replace it")
-    if not (opts.address or os.environ.get("RAY_ADDRESS")):
-        concurrent = opts.max_concurrent or 1
-        check_local_processes(concurrent * opts.workers_per_trial,
-                              "--max-concurrent x --workers-per-trial")
-    base = check_ray_run(base, opts.workers_per_trial, opts.use_gpu, opts.address, "trials")
-    return opts, base, space
 
 
 def _scheduler(name: str, space: dict[str, Any], reports: int):
@@ -181,15 +177,9 @@ def _scheduler(name: str, space: dict[str, Any], reports: int):
 def run_search(opts: SearchOptions) -> dict[str, Any]:
     started = time.perf_counter()
     opts = dataclasses.replace(opts, out=Path(opts.out).resolve())
-    opts, base, space = check_options(opts)  # before Ray's imports: bad input fails at once
-    with holding(opts.out, "dcgan tune",
-                 before=remove_search_artifacts if opts.overwrite else None):
+    # Before Ray's imports: bad input fails at once.
+    with open_search(opts) as (opts, base, space):
         return _search(opts, base, space, started)
-
-
-def remove_search_artifacts(out: Path) -> None:
-    """--overwrite: only now, with the lock held and every input checked."""
-    remove_paths(search_artifacts(out))
 
 
 def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
@@ -258,7 +248,7 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
                     name=EXPERIMENT, storage_path=storage, verbose=1,
                     # PBT clones other trials' older checkpoints: keep them all (a few).
                     checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=None if opts.scheduler == "pbt" else 2),
+                        num_to_keep=None if opts.scheduler == "pbt" else KEEP_LATEST),
                     failure_config=tune.FailureConfig(max_failures=base.max_failures)))
         grid = tuner.fit()
         return _write_outputs(opts, base, space, grid, time.perf_counter() - started)
@@ -326,18 +316,18 @@ def _write_outputs(opts: SearchOptions, base: TrainConfig, space: dict[str, Any]
 
 def _save_best_generator(best: dict[str, Any], out: Path) -> str | None:
     directory = best.get("_checkpoint")
-    if not directory or not (Path(directory) / STATE_FILE).exists():
+    if not directory or not (Path(directory) / RAY_STATE_FILE).exists():
         return None
-    state = load_state(Path(directory) / STATE_FILE)
+    state = load_state(Path(directory) / RAY_STATE_FILE)
     path = out / SEARCH_BEST_GENERATOR
-    # The trial's best evaluated generator (G or its average), as its objective reported;
-    # states written before the key existed hold only the last G.
-    save_torch(state.get("best_generator") or state["generator"], path)
+    # The trial's best evaluated generator (G or its average), as its objective reported; a
+    # state with no evaluation kept holds only the last G.
+    save_torch(best_weights(state) or state["generator"], path)
     return str(path)
 
 
 def _num(value) -> float:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else math.inf
+    return float(value) if is_finite_number(value) else math.inf
 
 
 def _write_table(table: list[dict], columns: list[str], out: Path) -> None:
@@ -366,4 +356,5 @@ def _summary(table: list[dict], columns: list[str], metric: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SearchOptions", "run_search", "SearchError", "SpaceError"]
+# What the search module owns (SearchOptions: dcgan_tune.options; SpaceError: dcgan_tune.space).
+__all__ = ["run_search", "SearchError"]

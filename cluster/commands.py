@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides, directory
+from dcgan.cli_args import add_config_args, config_overrides, directory
 from dcgan.config import Tristate
+from dcgan.sinks import add_sink_args, sinks_from_args
 
 
 def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def _add_train_distributed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="N",
                    help="GPUs per worker when using GPUs (default 1)")
     add_config_args(p, "YAML file of config keys", "override one config key (repeatable)")
-    add_metrics_args(p)
+    add_sink_args(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (distributed runs print log lines only; accepted so "
                         "that a train command line works here unchanged)")
@@ -51,7 +52,7 @@ def _cmd_train_distributed(args: argparse.Namespace) -> int:
                             storage=args.storage, name=args.name, config_path=args.config,
                             overrides=config_overrides(args), cpus_per_worker=args.cpus_per_worker,
                             gpus_per_worker=args.gpus_per_worker,
-                            metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                            sinks=sinks_from_args(args),
                             resume=args.resume, overwrite=args.overwrite)
     print(f"Distributed run {out['name']} finished in {out['seconds']:.1f}s at step "
           f"{out['metrics'].get('step')}; checkpoints in {out['storage']}; artifacts in "

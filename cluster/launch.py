@@ -6,10 +6,12 @@ storage) is checked here, in seconds, before Ray starts anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,10 @@ from dcgan.checkpoint import load_state
 from dcgan.config import TrainConfig
 from dcgan.errors import ConfigError, RunDirError, first_line
 from dcgan.layout import CONFIG_FILE, RAY_STATE_FILE, RAY_STORAGE_DIR
-from dcgan.prepare import MetricsAddress, Previous, open_run, remove_artifacts, saved_config
+from dcgan.prepare import Previous, open_run, remove_artifacts, saved_config
+from dcgan.sinks import RunInfo, Sink, open_sinks
 from dcgan.trainer import check_locked_keys
+from dcgan_cluster.driver_actor import on_driver_node
 from dcgan_cluster.preflight import (
     ClusterError,
     check_local_processes,
@@ -35,15 +39,14 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
                       address: str | None = None, storage: str | None = None,
                       name: str | None = None, config_path: str | None = None,
                       overrides: list[str] | None = None, cpus_per_worker: float | None = None,
-                      gpus_per_worker: float = 1.0, metrics_host: str = "127.0.0.1",
-                      metrics_port: int = 0, resume: bool = False,
+                      gpus_per_worker: float = 1.0, sinks: Sequence[Sink] = (),
+                      resume: bool = False,
                       overwrite: bool = False) -> dict:
     """``cpus_per_worker`` None: a local instance splits this machine's cores between the
     workers (torch then uses that many threads per worker); on a cluster, 1. An existing
     run is continued only with ``resume`` (its saved config, then --config and --set) and
     replaced only with ``overwrite``, as in ``dcgan train``."""
     started_at = time.time()
-    metrics = MetricsAddress(metrics_host, metrics_port)
     run_dir = Path(run_dir).resolve()
     name = name or run_dir.name
     storage = storage or str(run_dir / RAY_STORAGE_DIR)
@@ -84,7 +87,7 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
         return DistributedRun(cfg=cfg, run_dir=run_dir, workers=workers, gpu=gpu,
                               address=where, storage=check_storage(storage), name=name,
                               cpus_per_worker=cpus, gpus_per_worker=gpus_per_worker,
-                              started_at=started_at, metrics=metrics)
+                              started_at=started_at, sinks=tuple(sinks))
 
     def replace(path: Path) -> None:
         remove_artifacts(path)
@@ -94,7 +97,7 @@ def train_distributed(run_dir: str | Path, workers: int, *, use_gpu: str = "auto
     # The driver holds RUN_DIR for the whole run; rank 0 (maybe on another node) writes it.
     with open_run(run_dir, "dcgan train-distributed", resume=resume, overwrite=overwrite,
                   previous=previous, check=check, config_path=config_path,
-                  overrides=overrides, metrics=metrics, replace=replace) as run:
+                  overrides=overrides, sinks=sinks, replace=replace) as run:
         return _run(run.ready)
 
 
@@ -127,7 +130,7 @@ class DistributedRun:
     cpus_per_worker: float
     gpus_per_worker: float
     started_at: float
-    metrics: MetricsAddress
+    sinks: tuple[Sink, ...]
 
 
 def capacity_lost(why: str, storage: str, name: str) -> str:
@@ -140,7 +143,6 @@ def capacity_lost(why: str, storage: str, name: str) -> str:
 def _run(plan: DistributedRun) -> dict:
     import ray
 
-    from dcgan_cluster.metrics_hub import start_hub
     from dcgan_cluster.runtime import init_ray, torch_trainer
 
     cfg, name, storage = plan.cfg, plan.name, plan.storage
@@ -149,17 +151,13 @@ def _run(plan: DistributedRun) -> dict:
     # controller, so that a 2-core machine cannot deadlock on resources.
     init_ray(plan.address, num_cpus=max(os.cpu_count() or 1,
                                         int(plan.workers * plan.cpus_per_worker) + 1))
+    stack = contextlib.ExitStack()  # the sinks opened for the run
     try:
         plan = dataclasses.replace(plan, gpu=decide_gpu(plan.gpu, cfg))
-        hub = None
-        if plan.metrics.port:
-            hub, bound = start_hub(name, "distributed", cfg.to_dict(), plan.metrics.host,
-                                   plan.metrics.port)
-            print(f"Prometheus metrics of every worker on "
-                  f"http://{plan.metrics.host}:{bound}/metrics")
+        feeds = open_sinks(plan.sinks, RunInfo(name, "distributed", cfg.to_dict(),
+                                               host=on_driver_node), stack)
         spec = WorkerSpec("train", cfg.to_dict(), threads=max(1, int(plan.cpus_per_worker)),
-                          run_dir=str(plan.run_dir), started_at=plan.started_at,
-                          metrics_hub=hub)
+                          run_dir=str(plan.run_dir), started_at=plan.started_at, feeds=feeds)
         trainer = torch_trainer(spec, workers=plan.workers, gpu=plan.gpu,
                                 cpus_per_worker=plan.cpus_per_worker,
                                 gpus_per_worker=plan.gpus_per_worker, name=name,
@@ -192,4 +190,5 @@ def _run(plan: DistributedRun) -> dict:
         return {"metrics": result.metrics, "seconds": seconds, "storage": storage,
                 "name": name, "checkpoint": result.checkpoint}
     finally:
+        stack.close()
         ray.shutdown()

@@ -26,7 +26,6 @@ from dcgan.config import TrainConfig
 from dcgan.io import atomic_write_text
 from dcgan.layout import TIMING_FILE, WORKERS_FILE
 from dcgan.trainer import Callback, Trainer
-from dcgan_cluster.metrics_hub import hub_pusher
 from dcgan_cluster.ray_store import RayStore
 
 
@@ -39,7 +38,7 @@ class WorkerSpec:
     threads: int = 1  # torch threads per worker: the CPUs Ray reserved for it
     run_dir: str | None = None  # mode "train": the directory rank 0 writes
     started_at: float | None = None  # mode "train": when the command started (start-up time)
-    metrics_hub: Any = None  # the metrics hub actor's handle, if metrics are on
+    feeds: tuple = ()  # the sinks' feeds (dcgan.sinks): Prometheus's hub, if metrics are on
     trial: str = ""  # mode "trial": the Tune trial id (a metrics label)
     quality_every_steps: int = 0  # mode "trial": evaluate at report steps
     report: Any = None  # mode "trial": a picklable callable(trainer) -> metrics
@@ -148,8 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         cfg, device, store, placement=placement, run_dir=run_dir,
         quality_every_steps=spec.quality_every_steps, report=spec.report,
         resume_hint="Rerun the same command with --resume to continue.",
-        metrics_push=hub_pusher(spec.metrics_hub) if spec.metrics_hub is not None else None,
-        trial=spec.trial, callbacks=timer, restore=restore)
+        feeds=spec.feeds, trial=spec.trial, callbacks=timer, restore=restore)
     workers = worker_group() if world > 1 else None
     if placement.leads:
         if restore is not None:

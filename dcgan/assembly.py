@@ -10,7 +10,8 @@ copied:
   or None (other ranks, search trials: they write nothing);
 * ``quality_every_steps`` and ``report``: a search trial scores its generator at report
   steps and sends its metrics with each state;
-* ``metrics_push``: where Prometheus updates go (an in-process exporter or a Ray actor).
+* ``feeds``: the sinks a command line asked for (``dcgan.sinks``: Prometheus), fed by every
+  rank after the mode's own callbacks.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from dcgan.callbacks import (
 from dcgan.checkpoint import StateStore
 from dcgan.config import TrainConfig
 from dcgan.data import load_mnist
-from dcgan.monitoring import MetricsCallback, MetricsUpdate
 from dcgan.quality import build_meter
 from dcgan.report import DiagnosticsReporter
 from dcgan.selection import QualityEvaluator
+from dcgan.sinks import Feed
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Trainer
 
@@ -83,7 +84,7 @@ def assemble(cfg: TrainConfig, device: torch.device, store: StateStore, *,
              placement: Placement = Placement(), run_dir: Path | None = None,
              write: Callable[[str], None] = print, quality_every_steps: int = 0,
              report: Callable[[Trainer], dict] | None = None, resume_hint: str = "",
-             metrics_push: Callable[[MetricsUpdate], None] | None = None, trial: str = "",
+             feeds: Sequence[Feed] = (), trial: str = "",
              callbacks: Sequence[Callback] = (), step_fn: StepFn = gan_step,
              restore: tuple[str, dict[str, Any]] | None = None) -> Trainer:
     """A ``Trainer`` ready to ``fit``: MNIST loaded, this mode's callbacks (after the given
@@ -95,8 +96,7 @@ def assemble(cfg: TrainConfig, device: torch.device, store: StateStore, *,
                          quality_every_steps=quality_every_steps, report=report,
                          resume_hint=resume_hint)
     every = [*callbacks, *own]
-    if metrics_push is not None:  # every rank reports its own series
-        every.append(MetricsCallback(metrics_push, trial=trial))
+    every += [feed.callback(trial) for feed in feeds]  # every rank reports its own series
     trainer = Trainer(cfg, images, device, callbacks=every, rank=placement.rank,
                       world_size=placement.world_size, wrap_model=placement.wrap_model,
                       step_fn=step_fn, reduce_stats=placement.reduce_stats)

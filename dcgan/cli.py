@@ -14,7 +14,6 @@ from dcgan.cli_args import (
     add_data_dir_arg,
     add_device_arg,
     add_image_arg,
-    add_metrics_args,
     add_noise_seed_arg,
     bounded,
     config_overrides,
@@ -25,6 +24,7 @@ from dcgan.cli_args import (
 from dcgan.config import MAX_EVAL_SAMPLES
 from dcgan.errors import DCGANError, error_line
 from dcgan.paths import check_writable_file
+from dcgan.sinks import add_sink_args, sinks_from_args
 
 COMMANDS_GROUP = "dcgan.commands"
 CLASSIFIER_OUT = "runs/classifier/mnist_classifier.pt"
@@ -71,7 +71,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_metrics_args(p)
+    add_sink_args(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -83,8 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                    resume=args.resume,
                                    overwrite=args.overwrite,
                                    progress=False if args.no_progress else None,
-                                   metrics_host=args.metrics_host,
-                                   metrics_port=args.metrics_port)
+                                   sinks=sinks_from_args(args))
     if outcome is Outcome.INTERRUPTED:
         return EXIT_INTERRUPTED.get(trainer.stop_requested or "", 1)
     from pathlib import Path

@@ -63,14 +63,6 @@ def add_config_args(p: argparse.ArgumentParser, config_help: str, set_help: str)
     add_data_dir_arg(p)
 
 
-def add_metrics_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
-                   help="serve Prometheus metrics on this port (default 0: off)")
-    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
-                   help="address the metrics endpoint listens on (default 127.0.0.1; "
-                        "0.0.0.0 in containers)")
-
-
 # -- one convention per flag --------------------------------------------------------------------
 # --out        the directory a command writes (a run, a search, a benchmark's results)
 # --image      the one PNG a command writes; --weights the one .pt file

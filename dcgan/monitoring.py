@@ -8,7 +8,7 @@ Two halves, so that every mode shares them:
   the diagnostics module (the same code as the report), and hands it to a ``push`` function.
 * ``MetricsExporter`` owns the prometheus-client registry and the HTTP endpoint. Local mode
   runs it in-process; distributed and tune modes run it in one Ray actor that every worker
-  pushes to (``cluster/metrics_hub.py``), so a run has one stable scrape target.
+  pushes to (``dcgan/metrics_sink.py``), so a run has one stable scrape target.
 """
 
 from __future__ import annotations

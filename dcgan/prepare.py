@@ -4,8 +4,8 @@
 steps in this order:
 
 1. ``check_target``: the directory it will write is not held by another process, can be
-   created and written, and the metrics port (if any) can be bound; all before any slow work,
-   so that bad input fails in a second and leaves nothing behind;
+   created and written, and its sinks' inputs are good (a metrics port can be bound); all
+   before any slow work, so that bad input fails in a second and leaves nothing behind;
 2. ``check_request``: one resume convention for every mode: a directory that holds a run
    is continued only with ``--resume`` and replaced only with ``--overwrite``;
 3. the configuration: defaults < the run's saved config (on ``--resume``) < ``--config`` <
@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -32,9 +32,9 @@ from dcgan.config import TrainConfig, load_config, note_ignored_settings, save_c
 from dcgan.errors import ConfigError, RunDirError
 from dcgan.io import atomic_write_text
 from dcgan.layout import CONFIG_CHANGES, CONFIG_FILE, run_artifacts
-from dcgan.monitoring import check_metrics_args
 from dcgan.paths import check_writable_dir
 from dcgan.runlock import check_unlocked, hold_run_dir
+from dcgan.sinks import Sink, check_sinks
 
 T = TypeVar("T")
 
@@ -60,20 +60,12 @@ class Opened(Generic[T]):
     ready: T
 
 
-@dataclass(frozen=True)
-class MetricsAddress:
-    """Where a run serves Prometheus metrics (port 0: nowhere)."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-
-
 @contextlib.contextmanager
 def open_run(out: str | Path, command: str, *, resume: bool, overwrite: bool,
              previous: Callable[[Path], Previous | None],
              check: Callable[[TrainConfig, Previous | None], T],
              config_path: str | Path | None = None, overrides: list[str] | None = None,
-             metrics: MetricsAddress = MetricsAddress(),
+             sinks: Sequence[Sink] = (),
              configure: Callable[[Previous | None], tuple[TrainConfig, dict]] | None = None,
              artifacts: Callable[[Path], list[Path]] = run_artifacts, what: str = "a run",
              replace: Callable[[Path], None] | None = None, save: bool = True,
@@ -88,7 +80,7 @@ def open_run(out: str | Path, command: str, *, resume: bool, overwrite: bool,
     it; ``replace``: what ``--overwrite`` removes once the directory is held (default: those
     artifacts); ``save``: write
     ``config.yaml`` (a search writes its own settings instead)."""
-    run_dir = check_target(out, metrics, request=(resume, overwrite), artifacts=artifacts,
+    run_dir = check_target(out, sinks, request=(resume, overwrite), artifacts=artifacts,
                            what=what)
     before = previous(run_dir) if resume else None
     if configure is not None:
@@ -104,18 +96,19 @@ def open_run(out: str | Path, command: str, *, resume: bool, overwrite: bool,
         yield Opened(run_dir, cfg, before, ready)
 
 
-def check_target(out: str | Path, metrics: MetricsAddress = MetricsAddress(),
+def check_target(out: str | Path, sinks: Sequence[Sink] = (),
                  flag: str = "--out", request: tuple[bool, bool] | None = None,
                  artifacts: Callable[[Path], list[Path]] = run_artifacts,
                  what: str = "a run") -> Path:
-    """The checks every driver makes on the directory it writes and on its metrics port;
+    """The checks every driver makes on the directory it writes and on its sinks (a metrics
+    port that can be bound);
     ``request`` (resume, overwrite): also the resume convention (``check_request``)."""
     path = Path(out)
     check_unlocked(path)  # first: say who is writing it, before anything else about it
     if request is not None:
         check_request(path, *request, artifacts=artifacts, what=what)
     check_writable_dir(path, flag)
-    check_metrics_args(metrics.host, metrics.port)
+    check_sinks(sinks)
     return path
 
 

@@ -18,8 +18,8 @@ from dcgan.checkpoint import LocalStore, list_states, load_latest_state
 from dcgan.config import TrainConfig
 from dcgan.device import resolve_device
 from dcgan.errors import NonFiniteLossError
-from dcgan.monitoring import MetricsExporter
-from dcgan.prepare import MetricsAddress, Previous, open_run
+from dcgan.prepare import Previous, open_run
+from dcgan.sinks import RunInfo, Sink, open_sinks
 from dcgan.step import StepFn, gan_step
 from dcgan.trainer import Callback, Outcome, Trainer
 
@@ -48,9 +48,10 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 def train_local(run_dir: str | Path, config_path: str | Path | None = None,
                 overrides: Sequence[str] = (), *, resume: bool = False, overwrite: bool = False,
                 progress: bool | None = None, step_fn: StepFn = gan_step,
-                metrics_host: str = "127.0.0.1", metrics_port: int = 0,
+                sinks: Sequence[Sink] = (),
                 callbacks: Sequence[Callback] = ()) -> tuple[Trainer, Outcome]:
-    """``callbacks`` run before the mode's own (a benchmark's stop rule, say)."""
+    """``callbacks`` run before the mode's own (a benchmark's stop rule, say); ``sinks``
+    (``dcgan.sinks``) are fed after them."""
     run_dir = Path(run_dir)
     bar = ProgressBar(progress)
     write = bar.writer()
@@ -58,22 +59,16 @@ def train_local(run_dir: str | Path, config_path: str | Path | None = None,
 
         def check(cfg: TrainConfig, before: Previous | None) -> Trainer:
             device = resolve_device(cfg)
-            push = None
-            if metrics_port:
-                exporter = MetricsExporter(run_dir.resolve().name, "local", cfg.to_dict())
-                port = exporter.start(metrics_host, metrics_port)
-                stack.callback(exporter.stop)
-                write(f"Prometheus metrics on http://{metrics_host}:{port}/metrics")
-                push = exporter.apply
+            feeds = open_sinks(sinks, RunInfo(run_dir.resolve().name, "local", cfg.to_dict()),
+                               stack, write)
             return assemble(cfg, device, LocalStore(run_dir), run_dir=run_dir, write=write,
                             resume_hint=f"Resume with: dcgan train --out {run_dir} --resume",
-                            metrics_push=push, callbacks=[bar, *callbacks], step_fn=step_fn,
+                            feeds=feeds, callbacks=[bar, *callbacks], step_fn=step_fn,
                             restore=before.state if before else None)
 
         with open_run(run_dir, "dcgan train", resume=resume, overwrite=overwrite,
                       previous=latest_state, check=check, config_path=config_path,
-                      overrides=list(overrides), metrics=MetricsAddress(metrics_host,
-                                                                        metrics_port),
+                      overrides=list(overrides), sinks=sinks,
                       write=write) as run, stop_on_signals(run.ready):
             return run.ready, _fit(run.ready, run.run_dir)
 

@@ -334,13 +334,14 @@ def test_an_address_that_is_not_a_ray_cluster(kind, needle, command, tmp_path, d
 def test_metrics_port_taken_between_the_check_and_the_bind(tmp_path, data_dir, monkeypatch):
     """The port is free when checked, taken when bound: a one-line error, and the run
     directory untouched."""
-    import dcgan.prepare
+    import dcgan.monitoring
     import dcgan.run
     from dcgan.errors import DCGANError
+    from dcgan.metrics_sink import MetricsSink
 
     port = free_port()
     # Every driver's preparation (dcgan.prepare) checks the port first: passed here.
-    monkeypatch.setattr(dcgan.prepare, "check_metrics_args", lambda host, p: None)
+    monkeypatch.setattr(dcgan.monitoring, "check_metrics_args", lambda host, p: None)
     taker = socket.socket()
     taker.bind(("127.0.0.1", port))
     taker.listen(1)
@@ -348,7 +349,8 @@ def test_metrics_port_taken_between_the_check_and_the_bind(tmp_path, data_dir, m
         with pytest.raises(DCGANError, match="already in use; pick another --metrics-port"):
             dcgan.run.train_local(tmp_path / "run", overrides=sets({**BASE, "data_dir":
                                                                      data_dir})[1::2],
-                                  progress=False, metrics_port=port)
+                                  progress=False,
+                                  sinks=[MetricsSink("127.0.0.1", port)])
     finally:
         taker.close()
     assert not (tmp_path / "run").exists()

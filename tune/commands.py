@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from dcgan.cli_args import add_config_args, add_metrics_args, config_overrides, directory
+from dcgan.cli_args import add_config_args, config_overrides, directory
 from dcgan.config import Tristate
+from dcgan.sinks import add_sink_args, sinks_from_args
 from dcgan_tune.options import OBJECTIVES, SCHEDULERS, SearchOptions
 
 
@@ -55,7 +56,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="one GPU per trial worker (auto: if the Ray cluster reports GPUs)")
     add_config_args(p, "base config (YAML) for every trial",
                      "override one base config key (repeatable)")
-    add_metrics_args(p)
+    add_sink_args(p)
     p.set_defaults(func=_cmd_tune)
 
 
@@ -72,7 +73,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         address=args.address, resume=args.resume, overwrite=args.overwrite,
         config_path=args.config,
         overrides=tuple(config_overrides(args)), use_gpu=resolve_use_gpu(args.use_gpu),
-        metrics_host=args.metrics_host, metrics_port=args.metrics_port))
+        sinks=tuple(sinks_from_args(args))))
     return 0
 
 

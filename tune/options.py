@@ -30,5 +30,4 @@ class SearchOptions:
     config_path: str | None = None
     overrides: tuple[str, ...] = ()
     use_gpu: bool | None = False  # None: auto, decided from the cluster once Ray is up
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0
+    sinks: tuple = ()  # dcgan.sinks: Prometheus's, if --metrics-port

@@ -42,9 +42,11 @@ from dcgan.layout import (
     TRIALS_TABLE,
     search_artifacts,
 )
-from dcgan.prepare import MetricsAddress, Previous, open_run
+from dcgan.prepare import Previous, open_run
 from dcgan.selection import best_weights
+from dcgan.sinks import RunInfo, open_sinks
 from dcgan.trainer import RESUME_LOCKED_KEYS, derive_seed
+from dcgan_cluster.driver_actor import on_driver_node
 from dcgan_cluster.preflight import check_local_processes, check_ray_run, decide_gpu
 from dcgan_tune.objective import guard, is_finite_number
 from dcgan_tune.options import OBJECTIVES, SCHEDULERS, SearchOptions
@@ -140,7 +142,7 @@ def open_search(opts: SearchOptions
 
     with open_run(opts.out, "dcgan tune", resume=opts.resume, overwrite=opts.overwrite,
                   previous=previous, check=check, configure=configure,
-                  metrics=MetricsAddress(opts.metrics_host, opts.metrics_port),
+                  sinks=opts.sinks,
                   artifacts=search_artifacts, what="a search", save=False) as opened:
         yield opened.ready
 
@@ -188,7 +190,6 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    from dcgan_cluster.metrics_hub import start_hub
     from dcgan_cluster.runtime import init_ray
 
     if not opts.resume:
@@ -210,18 +211,16 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
         threads = max(1, cores // (concurrent * w))
         # Logical CPUs for every concurrent trial, its workers and Ray Train's controllers.
         init_ray(None, num_cpus=max(cores, concurrent * (w * threads + 1) + 1))
+    stack = contextlib.ExitStack()  # the sinks opened for the search
     try:
         use_gpu = decide_gpu(opts.use_gpu, base, "trials")
-        hub = None
-        if opts.metrics_port:
-            hub, port = start_hub(opts.out.name, "tune", base.to_dict(), opts.metrics_host,
-                                  opts.metrics_port)
-            print(f"Prometheus metrics of every trial on http://{opts.metrics_host}:{port}/metrics")
+        feeds = open_sinks(opts.sinks, RunInfo(opts.out.name, "tune", base.to_dict(),
+                                               host=on_driver_node), stack)
         storage = str(opts.out / RAY_STORAGE_DIR)
         trainable = tune.with_parameters(
             run_trial, base=base.to_dict(), workers=w, metric=opts.metric,
             min_classes=opts.min_classes, report_every=report_every, threads=threads,
-            use_gpu=use_gpu, storage=str(opts.out / RAY_STORAGE_DIR / "trials"), hub=hub)
+            use_gpu=use_gpu, storage=str(opts.out / RAY_STORAGE_DIR / "trials"), feeds=feeds)
         # W = 1: the trial trains in its own process. W > 1: the trial only drives a
         # TorchTrainer, whose workers and controller request their own resources.
         resources = ({"cpu": threads, "gpu": 1 if use_gpu else 0} if w == 1
@@ -253,6 +252,7 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
         grid = tuner.fit()
         return _write_outputs(opts, base, space, grid, time.perf_counter() - started)
     finally:
+        stack.close()
         ray.shutdown()
 
 

@@ -20,7 +20,6 @@ from dcgan.config import TrainConfig
 from dcgan.device import resolve_device
 from dcgan.losses import loss_defaults
 from dcgan.trainer import Trainer
-from dcgan_cluster.metrics_hub import hub_pusher
 from dcgan_cluster.ray_store import RayStore
 from dcgan_cluster.runtime import torch_trainer
 from dcgan_cluster.worker import WorkerSpec
@@ -57,18 +56,19 @@ class TrialReport:
 
 def run_trial(params: dict[str, Any], *, base: dict[str, Any], workers: int, metric: str,
               min_classes: int, report_every: int, threads: int, use_gpu: bool, storage: str,
-              hub: Any = None) -> None:
+              feeds: tuple = ()) -> None:
+    """``feeds``: the search's sinks (``dcgan.sinks``), fed by this trial."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(base, params, report_every)
-    if hub is not None:
-        hub.set_config.remote(trial_id, cfg.to_dict())
+    for feed in feeds:
+        feed.trial_config(trial_id, cfg.to_dict())
     report = TrialReport(metric, min_classes)
     if workers > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        torch_trainer(WorkerSpec("trial", cfg.to_dict(), threads=threads, metrics_hub=hub,
+        torch_trainer(WorkerSpec("trial", cfg.to_dict(), threads=threads, feeds=feeds,
                                  trial=trial_id, quality_every_steps=report_every,
                                  report=report),
                       workers=workers, gpu=use_gpu, cpus_per_worker=threads,
@@ -83,6 +83,5 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], workers: int, met
     # built from this trial's (possibly mutated) config: restoring the weights keeps its
     # learning rates, dropout and label smoothing.
     trainer = assemble(cfg, resolve_device(cfg), store, quality_every_steps=report_every,
-                       report=report, metrics_push=hub_pusher(hub) if hub is not None else None,
-                       trial=trial_id, restore=store.latest())
+                       report=report, feeds=feeds, trial=trial_id, restore=store.latest())
     trainer.fit()

@@ -35,7 +35,8 @@ import torch
 from dcgan.diagnostics import health_by_epoch
 from dcgan.errors import ConfigError
 from dcgan.io import atomic_write_text, results_json
-from dcgan.layout import BEST_GENERATOR, BEST_INFO, run_artifacts
+from dcgan.layout import BEST_GENERATOR, run_artifacts
+from dcgan.selection import read_best_info
 from dcgan.stats import best_overall
 from dcgan.trainer import Callback, Trainer
 
@@ -98,7 +99,7 @@ def bench_one(name: str, config: str, out: Path, *, overrides: list[str],
     if outcome is Outcome.INTERRUPTED:
         return None
     evals = trainer.stats.evals
-    best_info = json.loads((run / BEST_INFO).read_text()) if evals else None
+    best_info = read_best_info(run) if evals else None
     health = health_by_epoch(trainer.stats.columns, trainer.loss.profile)
     result = {"config": name, "run": run.name, "file": config, "seed": trainer.cfg.seed,
               "settings": trainer.cfg.to_dict(),

@@ -68,13 +68,14 @@ def mode_callbacks(cfg: TrainConfig, device: torch.device, store: StateStore, *,
     after both. Builds the quality meter now, so that its inputs fail early."""
     if not placement.leads:
         return [Checkpointer(store)]  # every rank reports states (a barrier); none writes
+    # A search trial always scores (at report steps); a run every eval_every epochs, if at all.
+    scores = run_dir is None or bool(cfg.eval_every)
+    quality = ([QualityEvaluator(build_meter(cfg.data_dir, device), run_dir,
+                                 write if run_dir is not None else None,
+                                 every_steps=quality_every_steps, keep=cfg.rescore_top)]
+               if scores else [])
     if run_dir is None:  # a search trial: scores and reports, writes nothing
-        meter = build_meter(cfg.data_dir, device)
-        return [QualityEvaluator(meter, every_steps=quality_every_steps, keep=cfg.rescore_top),
-                Checkpointer(store, report=report)]
-    meter = build_meter(cfg.data_dir, device) if cfg.eval_every else None
-    quality = ([QualityEvaluator(meter, run_dir, write, keep=cfg.rescore_top)]
-               if meter is not None else [])
+        return [*quality, Checkpointer(store, report=report)]
     return [ConsoleLogger(write), SampleWriter(run_dir, cfg.sample_every), *quality,
             WeightFiles(run_dir), Checkpointer(store, write, report, resume_hint),
             StatsWriter(run_dir), DiagnosticsReporter(run_dir, write), FinalArtifacts(run_dir)]

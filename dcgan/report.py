@@ -3,7 +3,6 @@ the analysis figure, during training (``DiagnosticsReporter``) or afterwards (``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from dcgan.io import atomic_write_text, results_json
 from dcgan.layout import (
     ANALYSIS_FILE,
     BEST_GENERATOR,
-    BEST_INFO,
     BEST_SAMPLES,
     CONFIG_FILE,
     DIAGNOSTICS_FILE,
@@ -41,6 +39,7 @@ from dcgan.layout import (
 )
 from dcgan.losses import build_loss
 from dcgan.quality import quality_summary
+from dcgan.selection import read_best_info
 from dcgan.stats import best_of_latest
 from dcgan.trainer import Callback, Outcome, Trainer
 
@@ -50,7 +49,7 @@ DIVERSITY_SAMPLES = 64
 def best_generator_line(run_dir: Path) -> str | None:
     """Names the run's best generator (``dcgan_generator_best.pth``), if it has one."""
     try:
-        info = json.loads((run_dir / BEST_INFO).read_text())
+        info = read_best_info(run_dir)
         which = "the moving average of G" if info.get("generator") == "ema" else "G"
         line = (f"Best generator: {run_dir / BEST_GENERATOR} ({which} at step {info['step']}, "
                 f"{info['n']} samples): {quality_summary(info)}")

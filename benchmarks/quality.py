@@ -381,7 +381,6 @@ def open_study(out: Path, settings: dict, overwrite: bool) -> None:
     """Start the study in OUT, or check that OUT holds this same study (the settings that
     decide what a run means: overrides, budget, final N); configurations and seeds may be
     added to it. ``--overwrite`` starts it again."""
-    import shutil
 
     existing = read_json(out / STUDY_FILE, "the study file")
     runs = sorted(d for d in out.iterdir() if d.is_dir() and run_artifacts(d)) \
@@ -397,18 +396,15 @@ def open_study(out: Path, settings: dict, overwrite: bool) -> None:
                           f"({', '.join(changed)}); rerun it as it was, or give --overwrite "
                           "to start it again, or another --out")
     if overwrite:  # the study's files and its runs' (each run's own files only)
-        from dcgan.prepare import remove_artifacts
+        from dcgan.prepare import remove_artifacts, remove_paths
         from dcgan.runlock import check_unlocked
 
         for run in runs:
             check_unlocked(run)  # not while another process writes it
             remove_artifacts(run)
-        for entry in (RUNS_DIR, STUDY_FILE, RESULTS_FILE, FIGURE_FILE, STEPS_FIGURE_FILE):
-            path = out / entry
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_paths([out / entry for entry in (RUNS_DIR, STUDY_FILE, RESULTS_FILE,
+                                                FIGURE_FILE, STEPS_FIGURE_FILE)
+                      if (out / entry).exists()])
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_FILE, json.dumps(settings, indent=2) + "\n")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from dcgan.checkpoint import load_torch
 from dcgan.errors import DCGANError, first_line
-from dcgan.features import FEATURE_DIM
+from dcgan.features import CLASSES, FEATURE_DIM
 from dcgan.io import atomic_write_bytes
 
 VERSION = "mnist-cnn-v1"
@@ -43,7 +43,7 @@ class MnistClassifier(nn.Module):
             nn.Flatten(),
         )
         self.penultimate = nn.Sequential(nn.Linear(64 * 7 * 7, FEATURE_DIM), nn.ReLU())
-        self.head = nn.Linear(FEATURE_DIM, 10)
+        self.head = nn.Linear(FEATURE_DIM, CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.penultimate(self.conv(x))

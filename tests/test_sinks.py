@@ -17,7 +17,15 @@ import pytest
 from dcgan.errors import DCGANError
 from dcgan.trainer import Callback
 
-from .conftest import HANG_GUARD_S, ROOT, TINY, one_line_error, run_in_process, sets, tiny_train_args
+from .conftest import (
+    HANG_GUARD_S,
+    ROOT,
+    TINY,
+    one_line_error,
+    run_in_process,
+    sets,
+    tiny_train_args,
+)
 
 
 class RecordError(DCGANError):
@@ -116,7 +124,7 @@ def test_a_new_sink_is_fed_in_local_mode(tmp_path, data_dir, registered):
     record = tmp_path / "record.jsonl"
     out = tmp_path / "run"
     proc = run_in_process([*tiny_train_args(out, data_dir, epochs=1, max_steps=6),
-                           "--record-to", str(record)], ray_head.env)
+                           "--record-to", str(record)])
     assert proc.returncode == 0, proc.stderr
     found = entries(record)
     assert found[0] == {"opened": "local", "run": "run"} and found[-1] == {"closed": "local"}

@@ -282,7 +282,7 @@ def test_search_end_to_end(search, tmp_path, data_dir):
     from dcgan.generation import load_generator, sample
     from dcgan.selection import best_weights
 
-    state = load_state(Path(summary["best_checkpoint"]) / "state.pt")
+    state = load_state(Path(summary["best_checkpoint"]) / layout.RAY_STATE_FILE)
     assert summary["fid"] == pytest.approx(min(r["fid"] for r in state["stats"]["evals"]))
     save_torch(best_weights(state), tmp_path / "kept.pth")
     assert np.array_equal(np.load(raw), sample(load_generator(tmp_path / "kept.pth"), 8, 0).numpy())
@@ -331,7 +331,7 @@ def test_dashboard_queries_in_tune_mode(search):
 def test_reported_objective_equals_diagnostics_on_the_trial_stats(search):
     """The best trial's last checkpoint holds the stats its last report was computed from."""
     summary = json.loads((search.out / "search.json").read_text())
-    state = load_state(Path(summary["best_checkpoint"]) / "state.pt")
+    state = load_state(Path(summary["best_checkpoint"]) / layout.RAY_STATE_FILE)
     cols = {k: v.tolist() for k, v in state["stats"].items() if k != "evals"}
     assert summary["balance_score"] == balance_score(window_stats(cols))
     # `combined`: balance + ln FID of the trial's reported (best) evaluation.

@@ -29,13 +29,14 @@ import math
 from collections.abc import Mapping, Sequence
 
 from dcgan.diagnostics import SEED_PROFILE, balance_score, window_stats
+from dcgan.features import CLASSES
 from dcgan.losses import LossProfile
 from dcgan.stats import best_overall
 from dcgan_tune.options import OBJECTIVES
 
 COLLAPSE_PENALTY = 100.0
 FID_GUARD_FACTOR = 2.0
-ALL_CLASSES = 10
+ALL_CLASSES = CLASSES  # a trial that draws every digit
 
 
 def trial_metrics(columns: Mapping[str, Sequence], evals: Sequence[Mapping],

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcgan.features import CLASSES
+
 SCHEDULERS = ("asha", "pbt", "fifo")
 OBJECTIVES = ("balance", "fid", "combined")  # --metric: dcgan_tune.objective computes each
 
@@ -21,7 +23,7 @@ class SearchOptions:
     scheduler: str = "asha"
     budget_steps: int = 1600  # less fails the quality guard on full MNIST (docs/tuning.md)
     metric: str = "balance"
-    min_classes: int = 10
+    min_classes: int = CLASSES
     baseline: bool = False
     space_file: str | None = None
     address: str | None = None

@@ -30,6 +30,7 @@ import pyarrow as pa
 from dcgan.checkpoint import KEEP_LATEST, load_state, save_torch
 from dcgan.config import TrainConfig, load_config, note_ignored_settings, save_config
 from dcgan.errors import ConfigError, DCGANError, RunDirError
+from dcgan.features import CLASSES
 from dcgan.io import atomic_write_parquet, atomic_write_text
 from dcgan.layout import (
     BEST_CONFIG,
@@ -151,8 +152,8 @@ def _check_options(opts: SearchOptions) -> None:
     _positive("--trials", opts.trials)
     _positive("--workers-per-trial", opts.workers_per_trial)
     _positive("--budget-steps", opts.budget_steps)
-    if not 1 <= opts.min_classes <= 10:
-        raise ConfigError("--min-classes", f"must be in 1-10 (got {opts.min_classes})")
+    if not 1 <= opts.min_classes <= CLASSES:
+        raise ConfigError("--min-classes", f"must be in 1-{CLASSES} (got {opts.min_classes})")
     if opts.max_concurrent is not None:
         _positive("--max-concurrent", opts.max_concurrent)
     if opts.scheduler not in SCHEDULERS:

@@ -78,8 +78,7 @@ class MetricsSink:
         if error:
             service.release()
             raise MetricsError(error)
-        stack.callback(service.release)
-        stack.callback(service.ask, "stop")
+        stack.callback(service.release)  # the endpoint stops with its service
         every = {"local": "", "distributed": " of every worker", "tune": " of every trial"}
         write(f"Prometheus metrics{every[run.mode]} on http://{self.host}:{port}/metrics")
         return MetricsFeed(service)

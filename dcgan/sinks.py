@@ -37,7 +37,8 @@ MODES = ("local", "distributed", "tune")
 
 
 class Handle(Protocol):
-    """A sink's service wherever it lives: ``ask`` waits for the answer, ``tell`` does not."""
+    """A sink's service wherever it lives: ``ask`` waits for the answer, ``tell`` does not;
+    ``release`` ends it (never raising: it runs while a run ends, perhaps after a failure)."""
 
     def ask(self, method: str, *args: Any) -> Any: ...
 
@@ -59,7 +60,9 @@ class InProcess:
         getattr(self.service, method)(*args)
 
     def release(self) -> None:
-        pass
+        stop = getattr(self.service, "stop", None)
+        if stop is not None:
+            stop()
 
 
 def in_process(cls: type, *args: Any) -> Handle:

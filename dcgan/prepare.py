@@ -52,11 +52,9 @@ class Previous:
 
 @dataclass(frozen=True)
 class Opened(Generic[T]):
-    """A run directory held for this run, its config, and what the driver's checks built."""
+    """A run directory held for this run, and what the driver's checks built for it."""
 
     run_dir: Path
-    cfg: TrainConfig
-    previous: Previous | None
     ready: T
 
 
@@ -78,8 +76,7 @@ def open_run(out: str | Path, command: str, *, resume: bool, overwrite: bool,
     --config < --set (a search resumes with its saved settings); ``artifacts``: what the
     directory holds of ours (the resume and --overwrite convention), ``what``: what to call
     it; ``replace``: what ``--overwrite`` removes once the directory is held (default: those
-    artifacts); ``save``: write
-    ``config.yaml`` (a search writes its own settings instead)."""
+    artifacts); ``save``: write ``config.yaml`` (a search writes its own settings instead)."""
     run_dir = check_target(out, sinks, request=(resume, overwrite), artifacts=artifacts,
                            what=what)
     before = previous(run_dir) if resume else None
@@ -93,7 +90,7 @@ def open_run(out: str | Path, command: str, *, resume: bool, overwrite: bool,
     with holding(run_dir, command, cfg if save else None,
                  before=replace if overwrite else None):
         record_changes(run_dir, changes, before.step if before else None, write)
-        yield Opened(run_dir, cfg, before, ready)
+        yield Opened(run_dir, ready)
 
 
 def check_target(out: str | Path, sinks: Sequence[Sink] = (),

@@ -33,9 +33,6 @@ from dcgan.metrics_sink import MetricsSink
 if TYPE_CHECKING:  # the command line's parser imports this module: no torch at import
     from dcgan.trainer import Callback
 
-MODES = ("local", "distributed", "tune")
-
-
 class Handle(Protocol):
     """A sink's service wherever it lives: ``ask`` waits for the answer, ``tell`` does not;
     ``release`` ends it (never raising: it runs while a run ends, perhaps after a failure)."""
@@ -74,7 +71,7 @@ class RunInfo:
     """What a sink is told of the run it serves."""
 
     name: str  # the run's (or search's) directory name
-    mode: str  # one of MODES
+    mode: str  # "local", "distributed" or "tune" (dcgan.monitoring.MODES: the label it serves)
     config: dict[str, Any]  # the run's config (a search's base config)
     host: Callable[..., Handle] = field(default=in_process)  # host(cls, *args): a service
 

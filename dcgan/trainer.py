@@ -35,8 +35,8 @@ FIXED_NOISE_SIZE = 64  # the seed's 8x8 sample grid
 # Changing these on resume would change what a step means (data order, shapes, noise).
 # The loss decides D's layers (a BatchNorm or a per-sample critic) and what its state means.
 RESUME_LOCKED_KEYS = ("batch_size", "latent_dim", "seed", "train_subset", "loss")
-# The trainer's own parts of a full state (``state_dict``); any other key belongs to a
-# callback, or to the checkpoint file's header.
+# The trainer's own parts of a full state (``state_dict``, pinned by tests/test_training.py);
+# any other key belongs to a callback, or to the checkpoint file's header.
 STATE_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "scaler", "step", "epoch",
               "batch_in_epoch", "rng", "fixed_noise", "config", "stats", "elapsed", "ema",
               "balance", "augment")
@@ -170,7 +170,9 @@ class Trainer:
         self.balance = (BalanceController(profile.acc_band, cfg.balance_every,
                                           cfg.balance_floor)
                         if cfg.auto_balance and profile.acc_band is not None else None)
-        self._carried: dict[str, Any] = {}  # callback states restored without their owner
+        # Callback states restored from a checkpoint whose owner this process lacks (a resume
+        # with evaluations turned off): carried on unchanged into the next state.
+        self._carried: dict[str, Any] = {}
         self.stop_requested: str | None = None  # set by a signal handler (request_stop)
         self._abortable = False
         self._elapsed_before = 0.0
@@ -343,7 +345,10 @@ class Trainer:
         self.flush()
         cuda_rng = (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
                     else None)
+        # A part carried from a restored state comes first: nothing carried can stand in for
+        # what this trainer or its callbacks hold now.
         return {
+            **self._carried,
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -361,14 +366,8 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "balance": self.balance.state_dict() if self.balance is not None else None,
             "augment": self._augment_state(),
-            **self._callback_states(),
+            **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
         }
-
-    def _callback_states(self) -> dict[str, Any]:
-        """Each stateful callback's part; a part restored from a checkpoint whose owner this
-        process lacks (a resume with evaluations turned off) is carried on unchanged."""
-        owned = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key}
-        return {**self._carried, **owned}
 
     def _augment_state(self) -> dict[str, Any] | None:
         if self.augment is None:

@@ -76,6 +76,16 @@ def test_cli_run_produces_every_artifact(finished_run):
     assert state["step"] == 16 and state["config"]["batch_size"] == 32
 
 
+def test_the_trainers_own_state_keys_are_what_it_writes(finished_run):
+    """``STATE_KEYS`` (what a restore never carries on as a callback's part) is exactly what
+    the trainer writes beside the file's header and its callbacks' parts."""
+    from dcgan.checkpoint import HEADER_KEYS, SELECTION_KEY
+    from dcgan.trainer import STATE_KEYS
+
+    state = load_state(list_states(finished_run.out)[0])
+    assert set(state) == {*STATE_KEYS, *HEADER_KEYS, SELECTION_KEY}
+
+
 def test_refuses_to_overwrite_a_run(finished_run, data_dir):
     out = finished_run.out
     before = _digest(out)

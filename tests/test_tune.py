@@ -32,6 +32,7 @@ from .conftest import (
     run_before_ray,
     run_cli,
     sets,
+    wait_for_text,
 )
 
 BASE = TrainConfig()
@@ -395,10 +396,9 @@ def test_interrupted_search_resumes(search, tmp_path, data_dir, ray_head, space_
                      "--budget-steps", "20", "--min-classes", "1", data_dir=data_dir,
                      eval_samples=200)
     with background(args, log, env=ray_head.env) as proc:
-        # Two reports (each with a checkpoint) of four: inside the trial.
-        while not list((out / "ray" / "search").glob("*/checkpoint_000001")):
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.2)
+        # Two reports (each with a checkpoint) of four: inside the trial. A checkpoint on
+        # disk is not yet one the driver recorded: wait for the driver's word.
+        wait_for_text(log, "resume point at step 10", proc)
         proc.send_signal(signal.SIGINT)
         code, text = finish(proc, log)
     assert code == 1, text[-3000:]

@@ -246,6 +246,7 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
                     scheduler=_scheduler(opts.scheduler, space, reports)),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT, storage_path=storage, verbose=1,
+                    callbacks=[_resume_points()],
                     # PBT clones other trials' older checkpoints: keep them all (a few).
                     checkpoint_config=tune.CheckpointConfig(
                         num_to_keep=None if opts.scheduler == "pbt" else KEEP_LATEST),
@@ -255,6 +256,21 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
     finally:
         stack.close()
         ray.shutdown()
+
+
+def _resume_points():
+    """A Tune callback that says, once the driver has recorded a trial's checkpoint, the step
+    an interrupted search would continue that trial from (the checkpoint is written before
+    the driver knows of it: one on disk is not yet a resume point)."""
+    from ray import tune
+
+    class ResumePoints(tune.Callback):
+        def on_trial_save(self, iteration, trials, trial, **info):
+            step = (trial.last_result or {}).get("step")
+            if trial.checkpoint is not None and step is not None:
+                print(f"[tune] trial {trial.trial_id}: resume point at step {step}", flush=True)
+
+    return ResumePoints()
 
 
 def _row(result, space: dict[str, Any]) -> dict[str, Any]:

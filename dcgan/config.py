@@ -29,6 +29,7 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 MAX_EVAL_SAMPLES = 100_000  # 313 MB of images per evaluation
 MAX_LATENT_DIM = 4096
 MAX_CRITIC_STEPS = 100
+MAX_G_WIDTH = 8  # 8x the seed's channels: 19 M parameters in G (1: 0.9 M); wider is a typo
 # Every count and seed fits the C integers and RNG seeds it feeds (torch, Ray, NumPy): a
 # larger one would overflow deep inside a run instead of being refused here.
 MAX_INT = 2**31 - 1
@@ -80,6 +81,8 @@ class TrainConfig:
     label_smoothing: float = 0.1  # bce: real target 1-s, fake target s (two-sided) or 0
     label_smoothing_mode: str = "two-sided"  # bce: two-sided (the seed) or one-sided
     dropout: float = 0.3  # dropout after each discriminator block
+    g_width: int = 1  # generator width: multiplies its hidden channels (1 = the seed's)
+    spectral_norm: bool = False  # spectral normalisation of D's layers, in place of its norms
     # Side effects, counted in steps (batches) or epochs.
     sample_every: int = 100  # sample grid every N batches of an epoch (0 = off)
     checkpoint_every: int = 10  # weights + full state every N epochs (0 = off)
@@ -195,6 +198,8 @@ def validate(cfg: TrainConfig) -> None:
     _require(0 <= cfg.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)",
              cfg.label_smoothing)
     _require(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)", cfg.dropout)
+    _require(1 <= cfg.g_width <= MAX_G_WIDTH, "g_width", f"must be in 1-{MAX_G_WIDTH}",
+             cfg.g_width)
     _require(cfg.label_smoothing_mode in SMOOTHING_MODES, "label_smoothing_mode",
              f"must be one of {', '.join(SMOOTHING_MODES)}", cfg.label_smoothing_mode)
     _require(valid_decay(cfg.ema_decay), "ema_decay", DECAY_RULE, cfg.ema_decay)

@@ -12,7 +12,7 @@ from torch import nn
 from dcgan.checkpoint import FORMAT, load_torch
 from dcgan.errors import CheckpointError, first_line
 from dcgan.io import atomic_write_bytes
-from dcgan.models import Generator
+from dcgan.models import G_CHANNELS, Generator, generator_width
 
 
 @torch.no_grad()
@@ -45,7 +45,8 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     """A generator in eval mode from a ``dcgan_generator_*.pth`` state dict or a full-state
-    checkpoint (``checkpoints/state_step_*.pt``). The latent size is read from the weights."""
+    checkpoint (``checkpoints/state_step_*.pt``). The latent size and the width are read from
+    the weights."""
     path = Path(path)
     obj = load_torch(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -56,7 +57,12 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     if weight is None or weight.dim() != 2:
         raise CheckpointError(f"{path} does not hold a dcgan Generator (no project.weight; "
                               "is it a discriminator?)")
-    g = Generator(latent_dim=weight.shape[1])
+    width = generator_width(weight.shape[0])
+    if width is None:
+        raise CheckpointError(f"{path} does not fit the dcgan Generator: its first layer has "
+                              f"{weight.shape[0]} outputs, not a multiple of "
+                              f"{G_CHANNELS[0] * 7 * 7}")
+    g = Generator(latent_dim=weight.shape[1], width=width)
     try:
         g.load_state_dict(obj)
     except RuntimeError as exc:

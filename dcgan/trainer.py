@@ -34,7 +34,8 @@ from dcgan.step import GANParts, StepFn, gan_step
 FIXED_NOISE_SIZE = 64  # the seed's 8x8 sample grid
 # Changing these on resume would change what a step means (data order, shapes, noise).
 # The loss decides D's layers (a BatchNorm or a per-sample critic) and what its state means.
-RESUME_LOCKED_KEYS = ("batch_size", "latent_dim", "seed", "train_subset", "loss")
+RESUME_LOCKED_KEYS = ("batch_size", "latent_dim", "seed", "train_subset", "loss", "g_width",
+                      "spectral_norm")
 # The trainer's own parts of a full state (``state_dict``, pinned by tests/test_training.py);
 # any other key belongs to a callback, or to the checkpoint file's header.
 STATE_KEYS = ("generator", "discriminator", "opt_g", "opt_d", "scaler", "step", "epoch",
@@ -128,7 +129,8 @@ class Trainer:
 
         self.loss = build_loss(cfg)
         torch.manual_seed(derive_seed(cfg.seed, "init"))  # same weights on every rank
-        g, d = build_models(cfg.latent_dim, cfg.dropout, self.loss.critic_norm)
+        g, d = build_models(cfg.latent_dim, cfg.dropout, self.loss.critic_norm, cfg.g_width,
+                            cfg.spectral_norm)
         # NHWC: faster convs on CPUs (AMX/oneDNN) and on tensor cores.
         fmt = torch.contiguous_format if cfg.channels_last == "false" else torch.channels_last
         self.generator = g.to(device, memory_format=fmt)

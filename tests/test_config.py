@@ -14,6 +14,7 @@ def test_defaults_are_the_seeds():
     assert (cfg.epochs, cfg.batch_size, cfg.g_lr, cfg.d_lr, cfg.beta1, cfg.beta2) == (
         30, 64, 2e-4, 2e-4, 0.5, 0.999)
     assert (cfg.latent_dim, cfg.label_smoothing, cfg.dropout) == (100, 0.1, 0.3)
+    assert (cfg.g_width, cfg.spectral_norm) == (1, False)  # the seed's networks
     assert (cfg.sample_every, cfg.checkpoint_every, cfg.checkpoint_every_steps) == (100, 10, 0)
     assert (cfg.device, cfg.train_subset, cfg.max_steps, cfg.precision) == ("auto", 0, 0, "fp32")
 
@@ -22,7 +23,8 @@ def test_exactly_the_documented_keys():
     assert list(TrainConfig().to_dict()) == [
         "epochs", "batch_size", "g_lr", "d_lr", "beta1", "beta2", "loss", "gp_weight",
         "critic_steps", "latent_dim",
-        "label_smoothing", "label_smoothing_mode", "dropout", "sample_every", "checkpoint_every",
+        "label_smoothing", "label_smoothing_mode", "dropout", "g_width", "spectral_norm",
+        "sample_every", "checkpoint_every",
         "checkpoint_every_steps", "log_every", "seed", "device", "data_dir", "train_subset",
         "max_steps", "precision", "channels_last", "compile", "ema_decay", "eval_every",
         "eval_samples", "rescore_top", "rescore_samples", "lr_decay", "lr_decay_final",

@@ -423,6 +423,29 @@ def test_interrupted_search_resumes(search, tmp_path, data_dir, ray_head, space_
     assert [row[k] for k in PARAMS] == [first[k] for k in PARAMS]
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_search_as_ctrl_c_does(tmp_path, data_dir, ray_head, space_file):
+    """SIGTERM (what a process manager sends) inside a trial: Tune's graceful stop, not an
+    abort. The table is written, the error is one line naming --resume, and the experiment
+    Tune saved holds the trial's checkpoint for it."""
+    out, log = tmp_path / "search", tmp_path / "search.log"
+    args = tune_args(out, space_file, ray_head.address, "--trials", "1", "--scheduler", "fifo",
+                     "--budget-steps", "20", "--min-classes", "1", data_dir=data_dir,
+                     eval_samples=200)
+    with background(args, log, env=ray_head.env) as proc:
+        wait_for_text(log, "resume point at step 5", proc)
+        proc.send_signal(signal.SIGTERM)
+        code, text = finish(proc, log)
+    assert code == 1, text[-3000:]
+    assert "SIGTERM received: stopping the search as Ctrl-C does" in text
+    assert "Traceback" not in text and "core dumped" not in text, text[-3000:]
+    error = last_error(text)
+    assert error.startswith("error: no trial passed the quality guard") and "--resume" in error
+    (row,) = pq.read_table(out / "trials.parquet").to_pylist()
+    assert 0 < row["step"] < 20
+    assert list((out / "ray" / "search").glob("experiment_state-*.json"))
+
+
 @pytest.mark.slow  # trains: outside make test-fast
 def test_restored_trial_trains_with_its_own_mutated_hyperparameters(data_dir, tmp_path):
     """PBT: an exploiting trial restores the donor's trained state through the run assembly

@@ -20,6 +20,8 @@ import io
 import json
 import math
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,11 +253,31 @@ def _search(opts: SearchOptions, base: TrainConfig, space: dict[str, Any],
                     checkpoint_config=tune.CheckpointConfig(
                         num_to_keep=None if opts.scheduler == "pbt" else KEEP_LATEST),
                     failure_config=tune.FailureConfig(max_failures=base.max_failures)))
-        grid = tuner.fit()
+        with _sigterm_as_ctrl_c():
+            grid = tuner.fit()
         return _write_outputs(opts, base, space, grid, time.perf_counter() - started)
     finally:
         stack.close()
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a process manager, ``timeout``) stops the search as Ctrl-C does: Tune's own
+    graceful stop, which saves the experiment for --resume and writes the table. Ray's driver
+    handler would exit in the middle of a step, the process aborting on its way out."""
+
+    def handler(signum, frame):
+        print("\nSIGTERM received: stopping the search as Ctrl-C does (send it again to stop "
+              "at once)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGINT)  # Tune's handler, installed by fit
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_points():

@@ -181,7 +181,7 @@ def test_resume_from_corrupt_checkpoint_names_it(tmp_path, data_dir):
 
 # A changed value for every key that cannot change on resume (dcgan.trainer.RESUME_LOCKED_KEYS).
 LOCKED_CHANGES = {"batch_size": 16, "latent_dim": 64, "seed": 7, "train_subset": 128,
-                  "loss": "hinge"}
+                  "loss": "hinge", "g_width": 2, "spectral_norm": True}
 
 
 def test_every_resume_locked_key_is_tested():

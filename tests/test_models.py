@@ -151,3 +151,27 @@ def test_wide_spectral_hinge_run_resumes_bit_exactly_and_samples(tmp_path, data_
                                        **{**common, "g_width": 1}), "--resume"])
     assert narrow.returncode != 0
     assert "g_width=2" in one_line_error(narrow)
+
+
+def test_wide_spectral_networks_with_every_loss_in_one_step():
+    """One step of each loss (wgan-gp's penalty differentiates through the normalisation)
+    with both levers on: finite values, both networks updated."""
+    import math
+
+    from dcgan.losses import LOSSES
+    from dcgan.trainer import Trainer
+
+    images = (torch.rand(64, 28, 28) * 255).to(torch.uint8)
+    for loss in LOSSES:
+        cfg = TrainConfig(data_dir="x", loss=loss, batch_size=16, epochs=1, max_steps=2,
+                          critic_steps=1, g_width=2, spectral_norm=True, eval_every=0,
+                          ema_decay=0)
+        t = Trainer(cfg, images, torch.device("cpu"))
+        g_before = [p.clone() for p in t.generator.parameters()]
+        d_before = [p.clone() for p in t.discriminator.parameters()]
+        t.fit()
+        rows = t.stats.columns
+        assert all(math.isfinite(v) for v in rows["d_loss"] + rows["g_loss"]), loss
+        for before, net in ((g_before, t.generator), (d_before, t.discriminator)):
+            assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(),
+                                                             strict=True)), loss

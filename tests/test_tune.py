@@ -564,3 +564,28 @@ def test_pbt_cannot_vary_a_key_a_checkpoint_is_locked_to(tmp_path, data_dir):
     assert proc.returncode == 2, proc.stderr
     assert "cannot resume with another loss" in one_line_error(proc)
     assert not (tmp_path / "s" / "ray").exists()
+
+
+def test_the_sigterm_handler_is_only_installed_from_the_main_thread():
+    """A caller that runs the search in a thread gets Ray's handling, not a ValueError."""
+    import threading
+
+    from dcgan_tune.search import _sigterm_as_ctrl_c
+
+    errors = []
+
+    def embedded():
+        try:
+            with _sigterm_as_ctrl_c():
+                pass
+        except Exception as exc:  # noqa: BLE001 - the assertion reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=embedded)
+    thread.start()
+    thread.join()
+    assert errors == []
+    before = signal.getsignal(signal.SIGTERM)
+    with _sigterm_as_ctrl_c():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before

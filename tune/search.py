@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,6 +274,9 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
         signal.raise_signal(signal.SIGINT)  # Tune's handler, installed by fit
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread (a caller embedding the search)
+        return
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield

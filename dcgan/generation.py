@@ -12,7 +12,7 @@ from torch import nn
 from dcgan.checkpoint import FORMAT, load_torch
 from dcgan.errors import CheckpointError, first_line
 from dcgan.io import atomic_write_bytes
-from dcgan.models import G_CHANNELS, Generator, generator_width
+from dcgan.models import G_ROWS, Generator, generator_width
 
 
 @torch.no_grad()
@@ -61,7 +61,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     if width is None:
         raise CheckpointError(f"{path} does not fit the dcgan Generator: its first layer has "
                               f"{weight.shape[0]} outputs, not a multiple of "
-                              f"{G_CHANNELS[0] * 7 * 7}")
+                              f"{G_ROWS}")
     g = Generator(latent_dim=weight.shape[1], width=width)
     try:
         g.load_state_dict(obj)

@@ -15,6 +15,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 # The seed generator's hidden channels (after the projection, after the first block).
 G_CHANNELS = (128, 64)
+G_START = 7  # the side of the projection's feature maps (7 -> 14 -> 28)
+G_ROWS = G_CHANNELS[0] * G_START * G_START  # the first layer's outputs per unit of width
 
 
 class Generator(nn.Module):
@@ -29,7 +31,7 @@ class Generator(nn.Module):
         super().__init__()
         self.latent_dim, self.width = latent_dim, width
         wide, narrow = G_CHANNELS[0] * width, G_CHANNELS[1] * width
-        self.project = nn.Linear(latent_dim, wide * 7 * 7)
+        self.project = nn.Linear(latent_dim, wide * G_START * G_START)
         self.blocks = nn.Sequential(
             nn.BatchNorm2d(wide),
             nn.Upsample(scale_factor=2, mode="nearest"),  # 7 -> 14
@@ -45,15 +47,16 @@ class Generator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.project(z).view(z.shape[0], -1, 7, 7)
+        x = self.project(z).view(z.shape[0], -1, G_START, G_START)
         return self.blocks(x)
 
 
 def generator_width(project_rows: int) -> int | None:
     """The width multiplier of a generator whose first layer has this many outputs (None if
     no width gives it): how a saved generator is rebuilt from its weights alone."""
-    width, rest = divmod(project_rows, G_CHANNELS[0] * 7 * 7)
+    width, rest = divmod(project_rows, G_ROWS)
     return width if width >= 1 and rest == 0 else None
+
 
 
 NORMS = ("batch", "layer", "none")
